@@ -1,0 +1,83 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <string>
+
+namespace leader {
+
+/// Storage of the bucket's stream. File storage keeps revisions (and so
+/// fencing tokens) increasing across server restarts; memory storage does not.
+enum class Storage { file, memory };
+
+/// Configuration of one election (one role in one bucket).
+///
+/// Fields left at zero where the comment says "0: derived" take a value
+/// derived from `ttl`. `validate()` (called by `Election`'s constructor)
+/// checks the resolved values and throws `ConfigError` naming the field,
+/// the value and the rule.
+struct Config {
+  /// KV bucket holding the roles. Letters, digits, '-' and '_' only,
+  /// 1..64 characters. Default "leaders".
+  std::string bucket = "leaders";
+  /// The role (election group): a key of the bucket. Letters, digits and
+  /// `- _ = / .`, 1..256 characters, not starting or ending with '.',
+  /// no "..". Required.
+  std::string role;
+  /// This candidate's identity, shown to the other candidates. Printable,
+  /// no control characters, 1..128 bytes. Required; unique per process.
+  std::string instance_id;
+
+  /// Lease length: the bucket's MaxAge. A crashed leader is replaced about
+  /// `ttl` after its last renewal. All roles of a bucket share it; an
+  /// existing bucket with another TTL is an error. 100 ms .. 24 h.
+  /// Default 10 s.
+  std::chrono::milliseconds ttl{10000};
+  /// How often the leader renews. 0: derived as ttl / 5. Must leave two
+  /// renewals inside the usable lease: heartbeat <= (ttl - safety_margin) / 2.
+  std::chrono::milliseconds heartbeat_interval{0};
+  /// The leader considers itself leader only until
+  /// (send time of its last successful renewal) + ttl - safety_margin.
+  /// Covers clock-rate drift and the time leader-only work needs to notice
+  /// `Term::lost()`. 0: derived as ttl / 20 (at least 1 ms). At most ttl / 3.
+  std::chrono::milliseconds safety_margin{0};
+  /// Deadline of each KV call the library makes (it never trusts the
+  /// client's own). 0: derived as heartbeat_interval / 2. Must be below
+  /// ttl - safety_margin.
+  std::chrono::milliseconds call_timeout{0};
+  /// A follower that sees the key deleted waits a random 0..acquire_jitter
+  /// before it tries to acquire, to spread a herd. The compare-and-swap
+  /// already keeps the race safe. 0 .. ttl / 10. Default 5 ms.
+  std::chrono::milliseconds acquire_jitter{5};
+  /// First retry delay after a transient failure (timeout, no responders,
+  /// disconnected); doubles per failure with full jitter. Default 20 ms.
+  std::chrono::milliseconds retry_initial{20};
+  /// Cap of the retry delay. 0: derived as heartbeat_interval. At most ttl.
+  std::chrono::milliseconds retry_max{0};
+  /// How long `start()` waits to open (or create) the bucket. Default 5 s.
+  std::chrono::milliseconds start_timeout{5000};
+
+  /// Storage used when `start()` creates the bucket; an existing bucket
+  /// with other storage is an error. Default file.
+  Storage storage = Storage::file;
+  /// Replicas used when `start()` creates the bucket (1..5). Default 1;
+  /// R3 is recommended for production.
+  int replicas = 1;
+  /// Informational priority stored in the record. Default 0.
+  int priority = 0;
+  /// Free-form metadata stored in the record, shown to other candidates
+  /// and operators. Keep it small; never put secrets here.
+  std::map<std::string, std::string> metadata;
+
+  /// Checks every field; throws `ConfigError` on the first violation.
+  void validate() const;
+  /// Returns a copy with every "0: derived" field filled in.
+  Config resolved() const;
+};
+
+/// Parses durations like "3s", "500ms", "1m", "2h" (a non-negative
+/// integer and a unit). Throws `ConfigError` with `field` on bad input.
+std::chrono::milliseconds parse_duration(const std::string& text, const std::string& field = "duration");
+
+}  // namespace leader

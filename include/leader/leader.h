@@ -1,0 +1,8 @@
+#pragma once
+
+/// Umbrella header of the leader library.
+#include "leader/config.h"
+#include "leader/connection.h"
+#include "leader/election.h"
+#include "leader/error.h"
+#include "leader/types.h"

@@ -1,0 +1,173 @@
+#include "leader/config.h"
+
+#include <fmt/chrono.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cctype>
+#include <limits>
+
+#include "leader/error.h"
+
+namespace leader {
+namespace {
+
+using std::chrono::milliseconds;
+
+std::string show(milliseconds d) { return fmt::format("{}ms", d.count()); }
+
+// A string printed back to a person: control characters escaped, long
+// values cut, so a hostile value cannot forge log lines.
+std::string quoted(const std::string& s) {
+  std::string out = "\"";
+  for (std::size_t i = 0; i < s.size() && i < 80; ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c == 0x7f || c == '"' || c == '\\') {
+      out += fmt::format("\\x{:02x}", c);
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  if (s.size() > 80) out += "...";
+  return out + "\"";
+}
+
+// NATS KV bucket names: [A-Za-z0-9_-]+ (nats.c validBucketName).
+void check_bucket(const std::string& bucket) {
+  if (bucket.empty() || bucket.size() > 64) {
+    throw ConfigError("bucket", fmt::format("{} must be 1..64 characters", quoted(bucket)));
+  }
+  for (unsigned char c : bucket) {
+    if (!(std::isalnum(c) || c == '_' || c == '-')) {
+      throw ConfigError("bucket",
+                        fmt::format("{} may contain only letters, digits, '-' and '_'", quoted(bucket)));
+    }
+  }
+}
+
+// NATS KV keys: [-/_=.A-Za-z0-9]+, not starting or ending with '.', no
+// empty tokens (nats.c validKey plus the subject rules).
+void check_role(const std::string& role) {
+  if (role.empty() || role.size() > 256) {
+    throw ConfigError("role", fmt::format("{} must be 1..256 characters", quoted(role)));
+  }
+  for (unsigned char c : role) {
+    if (!(std::isalnum(c) || c == '-' || c == '/' || c == '_' || c == '=' || c == '.')) {
+      throw ConfigError("role",
+                        fmt::format("{} may contain only letters, digits and - / _ = .", quoted(role)));
+    }
+  }
+  if (role.front() == '.' || role.back() == '.' || role.find("..") != std::string::npos) {
+    throw ConfigError("role",
+                      fmt::format("{} must not start or end with '.' or contain \"..\"", quoted(role)));
+  }
+}
+
+void check_instance(const std::string& id) {
+  if (id.empty() || id.size() > 128) {
+    throw ConfigError("instance_id", fmt::format("{} must be 1..128 bytes", quoted(id)));
+  }
+  for (unsigned char c : id) {
+    if (c < 0x20 || c == 0x7f) {
+      throw ConfigError("instance_id", fmt::format("{} must not contain control characters", quoted(id)));
+    }
+  }
+}
+
+}  // namespace
+
+Config Config::resolved() const {
+  Config c = *this;
+  if (c.heartbeat_interval.count() == 0) c.heartbeat_interval = c.ttl / 5;
+  if (c.safety_margin.count() == 0) c.safety_margin = std::max(milliseconds(1), c.ttl / 20);
+  if (c.call_timeout.count() == 0) c.call_timeout = std::max(milliseconds(1), c.heartbeat_interval / 2);
+  if (c.retry_max.count() == 0) c.retry_max = c.heartbeat_interval;
+  return c;
+}
+
+void Config::validate() const {
+  check_bucket(bucket);
+  check_role(role);
+  check_instance(instance_id);
+  const Config c = resolved();
+  if (c.ttl < milliseconds(100) || c.ttl > std::chrono::hours(24)) {
+    throw ConfigError("ttl", fmt::format("{} must be between 100ms and 24h", show(c.ttl)));
+  }
+  if (c.heartbeat_interval <= milliseconds(0)) {
+    throw ConfigError("heartbeat_interval", fmt::format("{} must be positive", show(c.heartbeat_interval)));
+  }
+  if (c.safety_margin <= milliseconds(0) || c.safety_margin > c.ttl / 3) {
+    throw ConfigError("safety_margin", fmt::format("{} must be positive and at most ttl / 3 ({})",
+                                                   show(c.safety_margin), show(c.ttl / 3)));
+  }
+  const milliseconds usable = c.ttl - c.safety_margin;
+  if (c.heartbeat_interval * 3 > c.ttl || c.heartbeat_interval * 2 > usable) {
+    throw ConfigError("heartbeat_interval",
+                      fmt::format("{} too long for ttl {}: need ttl >= 3 x heartbeat and heartbeat <= "
+                                  "(ttl - safety_margin) / 2, so a failed renewal can be retried "
+                                  "before the lease runs out",
+                                  show(c.heartbeat_interval), show(c.ttl)));
+  }
+  if (c.call_timeout <= milliseconds(0) || c.call_timeout >= usable) {
+    throw ConfigError("call_timeout", fmt::format("{} must be positive and below ttl - safety_margin ({})",
+                                                  show(c.call_timeout), show(usable)));
+  }
+  if (c.acquire_jitter < milliseconds(0) || c.acquire_jitter > c.ttl / 10) {
+    throw ConfigError("acquire_jitter", fmt::format("{} must be between 0 and ttl / 10 ({})",
+                                                    show(c.acquire_jitter), show(c.ttl / 10)));
+  }
+  if (c.retry_initial <= milliseconds(0)) {
+    throw ConfigError("retry_initial", fmt::format("{} must be positive", show(c.retry_initial)));
+  }
+  if (c.retry_max < c.retry_initial || c.retry_max > c.ttl) {
+    throw ConfigError("retry_max", fmt::format("{} must be between retry_initial ({}) and ttl ({})",
+                                               show(c.retry_max), show(c.retry_initial), show(c.ttl)));
+  }
+  if (c.start_timeout <= milliseconds(0)) {
+    throw ConfigError("start_timeout", fmt::format("{} must be positive", show(c.start_timeout)));
+  }
+  if (c.replicas < 1 || c.replicas > 5) {
+    throw ConfigError("replicas", fmt::format("{} must be between 1 and 5", c.replicas));
+  }
+  std::size_t meta_bytes = 0;
+  for (const auto& [k, v] : c.metadata) meta_bytes += k.size() + v.size();
+  if (meta_bytes > 4096) {
+    throw ConfigError("metadata", fmt::format("{} bytes; at most 4096 bytes of keys and values", meta_bytes));
+  }
+}
+
+milliseconds parse_duration(const std::string& text, const std::string& field) {
+  std::size_t i = 0;
+  long long value = 0;
+  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) {
+    const int digit = text[i] - '0';
+    if (value > (std::numeric_limits<long long>::max() - digit) / 10) {
+      throw ConfigError(field, fmt::format("{}: number too large", quoted(text)));
+    }
+    value = value * 10 + digit;
+    ++i;
+  }
+  if (i == 0) {
+    throw ConfigError(field,
+                      fmt::format("{} is not a duration (expected e.g. 3s, 500ms, 1m, 2h)", quoted(text)));
+  }
+  const std::string unit = text.substr(i);
+  long long factor = 0;
+  if (unit == "ms") {
+    factor = 1;
+  } else if (unit == "s") {
+    factor = 1000;
+  } else if (unit == "m") {
+    factor = 60 * 1000;
+  } else if (unit == "h") {
+    factor = 60 * 60 * 1000;
+  } else {
+    throw ConfigError(field, fmt::format("{} has no valid unit (ms, s, m or h)", quoted(text)));
+  }
+  if (value > std::numeric_limits<long long>::max() / factor) {
+    throw ConfigError(field, fmt::format("{}: duration too large", quoted(text)));
+  }
+  return milliseconds(value * factor);
+}
+
+}  // namespace leader
