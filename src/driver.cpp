@@ -1,0 +1,342 @@
+#include "driver.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <future>
+#include <random>
+
+#include "leader/error.h"
+#include "log.h"
+
+namespace leader::detail {
+namespace {
+
+std::uint64_t make_seed(const std::string& instance) {
+  std::random_device rd;
+  return (static_cast<std::uint64_t>(rd()) << 32) ^ rd() ^ std::hash<std::string>{}(instance) ^
+         static_cast<std::uint64_t>(SteadyClock::now().time_since_epoch().count());
+}
+
+// Runs a user callback; an exception is logged, never propagated.
+template <typename F>
+void guarded(const std::shared_ptr<spdlog::logger>& log, const char* name, const std::string& who, F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    if (log) log->error("{} callback {} threw: {}", who, name, e.what());
+  } catch (...) {
+    if (log) log->error("{} callback {} threw a non-standard exception", who, name);
+  }
+}
+
+}  // namespace
+
+ElectionDriver::ElectionDriver(std::shared_ptr<Connection> connection, Config config, Callbacks callbacks)
+    : connection_(std::move(connection)),
+      runtime_(connection_->runtime()),
+      config_(std::move(config)),
+      callbacks_(std::move(callbacks)),
+      log_(default_logger()),
+      core_(config_, make_seed(config_.instance_id), log_) {}
+
+ElectionDriver::~ElectionDriver() { shutdown(); }
+
+void ElectionDriver::post(Event event) {
+  runtime_->loop().post([weak = weak_from_this(), event = std::move(event)] {
+    if (auto self = weak.lock()) self->step(event);
+  });
+}
+
+void ElectionDriver::step(const Event& event) {
+  event(SteadyClock::now());
+  std::vector<Action> actions = core_.take_actions();
+  // The lease is published before any callback runs, so is_leader() is
+  // already true in on_promote and already false in on_demote.
+  publish();
+  for (Action& a : actions) execute(a);
+  rearm();
+}
+
+void ElectionDriver::publish() {
+  const std::uint64_t term = core_.term();
+  if (term != 0) {
+    lease_->deadline_ns.store(core_.lease_deadline().time_since_epoch().count(), std::memory_order_release);
+    lease_->term.store(term, std::memory_order_release);
+  } else {
+    lease_->term.store(0, std::memory_order_release);
+    lease_->deadline_ns.store(0, std::memory_order_release);
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    status_ = core_.status(SteadyClock::now());
+  }
+  cv_.notify_all();
+}
+
+void ElectionDriver::rearm() {
+  const std::optional<TimePoint> next = core_.next_wakeup();
+  if (next == timer_at_) return;
+  if (timer_ != 0) runtime_->loop().cancel(timer_);
+  timer_ = 0;
+  timer_at_ = next;
+  if (!next) return;
+  timer_ = runtime_->loop().schedule(*next, [weak = weak_from_this()] {
+    auto self = weak.lock();
+    if (!self) return;
+    self->timer_ = 0;
+    self->timer_at_.reset();
+    self->step([self = self.get()](TimePoint now) { self->core_.on_tick(now); });
+  });
+}
+
+void ElectionDriver::execute(Action& action) {
+  if (auto* call = std::get_if<KvCall>(&action)) {
+    run_call(*call);
+  } else if (auto* watch = std::get_if<WatchControl>(&action)) {
+    if (watch->start) {
+      start_watch();
+    } else {
+      stop_watch();
+    }
+  } else if (auto* n = std::get_if<Notify>(&action)) {
+    notify(*n);
+  } else if (std::holds_alternative<Finished>(action)) {
+    if (timer_ != 0) runtime_->loop().cancel(timer_);
+    timer_ = 0;
+    timer_at_.reset();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      running_ = false;
+      ++finished_count_;
+    }
+    cv_.notify_all();
+  }
+}
+
+void ElectionDriver::run_call(const KvCall& call) {
+  auto deliver = [weak = weak_from_this(), runtime = runtime_, id = call.id](KvResult r) {
+    runtime->loop().post([weak, id, r = std::move(r)] {
+      if (auto self = weak.lock()) {
+        self->step([self = self.get(), id, &r](TimePoint now) { self->core_.on_kv_result(id, r, now); });
+      }
+    });
+  };
+  if (!store_) {
+    KvResult r;
+    r.outcome = KvOutcome::closed;
+    r.message = "bucket not open";
+    deliver(std::move(r));
+    return;
+  }
+  runtime_->io().post([store = store_, key = config_.role, call, deliver = std::move(deliver)] {
+    KvResult r;
+    switch (call.kind) {
+      case OpKind::get:
+        r = store->get(key, call.timeout);
+        break;
+      case OpKind::create:
+        r = store->create(key, call.value, call.expected, call.timeout);
+        break;
+      case OpKind::update:
+        r = store->update(key, call.value, call.expected.value_or(0), call.timeout);
+        break;
+      case OpKind::erase:
+        r = store->erase(key, call.expected.value_or(0), call.timeout);
+        break;
+    }
+    deliver(std::move(r));
+  });
+}
+
+void ElectionDriver::start_watch() {
+  stop_watch();
+  const std::uint64_t generation = ++watch_generation_;
+  if (!store_) return;
+  // Events reach the core only while their watch is the current one.
+  auto to_loop = [weak = weak_from_this(), runtime = runtime_, generation](WatchEvent ev) {
+    runtime->loop().post([weak, generation, ev = std::move(ev)] {
+      auto self = weak.lock();
+      if (!self || self->watch_generation_ != generation) return;
+      self->step([self = self.get(), &ev](TimePoint now) { self->core_.on_watch(ev, now); });
+    });
+  };
+  // Creating a watch blocks (a subscription round trip): not on the loop.
+  runtime_->io().post(
+      [weak = weak_from_this(), runtime = runtime_, store = store_, key = config_.role, generation, to_loop] {
+        KvResult error;
+        std::unique_ptr<Watch> watch = store->watch(key, to_loop, &error);
+        if (!watch) {
+          WatchEvent ev;
+          ev.kind = WatchEvent::Kind::error;
+          ev.error = error.outcome;
+          ev.message = error.message.empty() ? "watch could not be created" : error.message;
+          to_loop(std::move(ev));
+          return;
+        }
+        runtime->loop().post(
+            [weak, runtime, generation, watch = std::shared_ptr<Watch>(std::move(watch))]() mutable {
+              auto self = weak.lock();
+              if (self && self->watch_generation_ == generation) {
+                self->watch_ = std::move(watch);
+                return;
+              }
+              // Stopped or replaced meanwhile: this watch is not wanted.
+              runtime->io().post([w = std::move(watch)]() mutable { w.reset(); });
+            });
+      });
+}
+
+void ElectionDriver::stop_watch() {
+  ++watch_generation_;
+  if (!watch_) return;
+  // Unsubscribing may block: hand the watch to the I/O pool to destroy.
+  runtime_->io().post([watch = std::move(watch_)]() mutable { watch.reset(); });
+}
+
+void ElectionDriver::notify(const Notify& n) {
+  const std::string who = fmt::format("role={} instance={}", config_.role, config_.instance_id);
+  switch (n.kind) {
+    case Notify::Kind::promote: {
+      Term term(n.token, lease_);
+      callback_thread_.post([cb = callbacks_.on_promote, term, log = log_, who] {
+        if (cb) guarded(log, "on_promote", who, [&] { cb(term); });
+      });
+      break;
+    }
+    case Notify::Kind::demote:
+      callback_thread_.post([cb = callbacks_.on_demote, reason = n.reason, log = log_, who,
+                             weak = weak_from_this(), runtime = runtime_] {
+        if (cb) guarded(log, "on_demote", who, [&] { cb(reason); });
+        // Only now may the key be released: the leader's work has stopped.
+        runtime->loop().post([weak] {
+          if (auto self = weak.lock()) {
+            self->step([self = self.get()](TimePoint now) { self->core_.on_demote_returned(now); });
+          }
+        });
+      });
+      break;
+    case Notify::Kind::leader_change:
+      callback_thread_.post([cb = callbacks_.on_leader_change, leader = n.leader, log = log_, who] {
+        if (cb) guarded(log, "on_leader_change", who, [&] { cb(leader); });
+      });
+      break;
+    case Notify::Kind::error:
+      callback_thread_.post([cb = callbacks_.on_error, error = n.error, log = log_, who] {
+        if (cb) guarded(log, "on_error", who, [&] { cb(error); });
+      });
+      break;
+  }
+}
+
+void ElectionDriver::start() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (running_) return;
+  }
+  BucketSpec spec;
+  spec.name = config_.bucket;
+  spec.ttl = config_.ttl;
+  spec.storage = config_.storage;
+  spec.replicas = config_.replicas;
+  auto promise = std::make_shared<std::promise<OpenResult>>();
+  std::future<OpenResult> future = promise->get_future();
+  runtime_->io().post([backend = connection_->backend(), spec, timeout = Duration(config_.start_timeout),
+                       promise] { promise->set_value(backend->open_bucket(spec, timeout)); });
+  // The client's own timeout is not trusted: bound the wait ourselves.
+  if (future.wait_for(config_.start_timeout + std::chrono::seconds(1)) != std::future_status::ready) {
+    throw Error(make_error_code(Errc::timeout),
+                fmt::format("opening bucket \"{}\" did not finish within {} ms", config_.bucket,
+                            config_.start_timeout.count()));
+  }
+  OpenResult opened = future.get();
+  if (!opened.store) {
+    throw Error(
+        opened.error ? opened.error : make_error_code(Errc::other),
+        opened.message.empty() ? fmt::format("cannot open bucket \"{}\"", config_.bucket) : opened.message);
+  }
+  if (!state_subscribed_) {
+    state_subscribed_ = true;
+    state_listener_ = connection_->backend()->subscribe_state([weak = weak_from_this(),
+                                                               runtime = runtime_](ConnectionState state) {
+      runtime->loop().post([weak, state] {
+        if (auto self = weak.lock()) {
+          self->step([self = self.get(), state](TimePoint now) { self->core_.on_connection(state, now); });
+        }
+      });
+    });
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    running_ = true;
+  }
+  post([this, store = opened.store, state = connection_->backend()->state()](TimePoint now) {
+    store_ = store;
+    core_.on_connection(state, now);
+    core_.start(now);
+  });
+}
+
+void ElectionDriver::stop(const StopOptions& options) noexcept {
+  try {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!running_) return;
+    const std::uint64_t finished = finished_count_;
+    lock.unlock();
+    post([this, options](TimePoint now) { core_.request_stop(options.release, options.timeout, now); });
+    // From a callback (or the loop) we cannot wait: on_demote needs this
+    // thread. The stop completes after the callback returns.
+    if (callback_thread_.in_pool_thread() || runtime_->loop().in_loop_thread()) return;
+    lock.lock();
+    const auto cap = options.timeout + config_.call_timeout + std::chrono::seconds(2);
+    cv_.wait_for(lock, cap, [&] { return finished_count_ != finished; });
+  } catch (...) {
+    // stop() never throws; a failure to post means the runtime is gone.
+  }
+}
+
+void ElectionDriver::step_down(std::chrono::milliseconds cooldown) {
+  post([this, cooldown](TimePoint now) { core_.request_step_down(cooldown, now); });
+}
+
+void ElectionDriver::shutdown() noexcept {
+  stop(StopOptions{});
+  if (state_subscribed_) {
+    connection_->backend()->unsubscribe_state(state_listener_);
+    state_subscribed_ = false;
+  }
+  // Queued callbacks (an on_demote at least) still run, then the thread ends.
+  callback_thread_.shutdown();
+}
+
+bool ElectionDriver::wait_for_leadership(std::chrono::milliseconds timeout) const {
+  const auto deadline = SteadyClock::now() + timeout;
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!is_leader()) {
+    if (cv_.wait_until(lock, deadline) == std::cv_status::timeout) return is_leader();
+  }
+  return true;
+}
+
+std::optional<std::uint64_t> ElectionDriver::token() const noexcept {
+  const std::uint64_t term = lease_->term.load(std::memory_order_acquire);
+  if (term == 0 || !lease_->holds(term, SteadyClock::now())) return std::nullopt;
+  return term;
+}
+
+Status ElectionDriver::status() const {
+  Status s;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    s = status_;
+  }
+  const auto now = SteadyClock::now();
+  const std::uint64_t term = lease_->term.load(std::memory_order_acquire);
+  const auto deadline = TimePoint(Duration(lease_->deadline_ns.load(std::memory_order_acquire)));
+  s.lease_remaining = term != 0 && deadline > now
+                          ? std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now)
+                          : std::chrono::milliseconds(0);
+  return s;
+}
+
+}  // namespace leader::detail

@@ -1,0 +1,83 @@
+#pragma once
+
+// Binds an ElectionCore to the threads: events are posted to the
+// connection's loop thread (the only thread that touches the core), KV calls
+// run on the connection's I/O pool, callbacks on the election's own serial
+// executor. The lease (for is_leader() and Term::lost()) and a status
+// snapshot are published for any thread to read.
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+
+#include "core.h"
+#include "kv.h"
+#include "leader/connection.h"
+#include "leader/types.h"
+#include "lease_state.h"
+#include "runtime.h"
+
+namespace leader::detail {
+
+class ElectionDriver : public std::enable_shared_from_this<ElectionDriver> {
+ public:
+  /// `config` must be validated and resolved.
+  ElectionDriver(std::shared_ptr<Connection> connection, Config config, Callbacks callbacks);
+  ~ElectionDriver();
+
+  void start();
+  void stop(const StopOptions& options) noexcept;
+  void step_down(std::chrono::milliseconds cooldown);
+  /// stop() plus: no callback runs after this returns (unless called from
+  /// a callback, which cannot wait for itself).
+  void shutdown() noexcept;
+
+  bool is_leader() const noexcept { return lease_->leading(SteadyClock::now()); }
+  bool wait_for_leadership(std::chrono::milliseconds timeout) const;
+  std::optional<std::uint64_t> token() const noexcept;
+  Status status() const;
+  const Config& config() const noexcept { return config_; }
+
+ private:
+  using Event = std::function<void(TimePoint)>;
+  /// Runs `event` on the loop thread, then the core's actions.
+  void post(Event event);
+  void step(const Event& event);
+  void execute(Action& action);
+  void run_call(const KvCall& call);
+  void start_watch();
+  void stop_watch();
+  void notify(const Notify& n);
+  void publish();
+  void rearm();
+
+  const std::shared_ptr<Connection> connection_;
+  const std::shared_ptr<Runtime> runtime_;
+  const Config config_;
+  const Callbacks callbacks_;
+  const std::shared_ptr<LeaseState> lease_ = std::make_shared<LeaseState>();
+  std::shared_ptr<spdlog::logger> log_;
+  ThreadPool callback_thread_{1};
+
+  // Loop thread only.
+  ElectionCore core_;
+  std::shared_ptr<KvStore> store_;
+  std::shared_ptr<Watch> watch_;
+  std::uint64_t watch_generation_ = 0;
+  std::uint64_t timer_ = 0;
+  std::optional<TimePoint> timer_at_;
+
+  std::uint64_t state_listener_ = 0;
+  bool state_subscribed_ = false;
+
+  mutable std::mutex mu_;
+  mutable std::condition_variable cv_;
+  Status status_;
+  bool running_ = false;  // between start() and the core's Finished
+  std::uint64_t finished_count_ = 0;
+};
+
+}  // namespace leader::detail

@@ -1,0 +1,83 @@
+#pragma once
+
+// The threads that drive elections: one loop thread (timers and the
+// elections' state machines) and a small pool for blocking KV calls, shared
+// by every election on a connection; plus a one-thread pool per election
+// for its callbacks.
+//
+// Each thread shares its queue state through a shared_ptr, so an owner
+// destroyed from one of its own threads (the last reference dropped inside
+// a task) detaches that thread safely instead of joining itself.
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "clock.h"
+
+namespace leader::detail {
+
+/// One thread running posted tasks and timers in order.
+class Loop {
+ public:
+  Loop();
+  ~Loop();
+  Loop(const Loop&) = delete;
+  Loop& operator=(const Loop&) = delete;
+
+  void post(std::function<void()> task);
+  /// Runs `task` on the loop thread at `when` (steady clock) or soon after.
+  std::uint64_t schedule(TimePoint when, std::function<void()> task);
+  /// A timer cancelled before it started never runs.
+  void cancel(std::uint64_t timer);
+  bool in_loop_thread() const noexcept { return std::this_thread::get_id() == thread_.get_id(); }
+
+ private:
+  struct State;
+  static void run(const std::shared_ptr<State>& state);
+  std::shared_ptr<State> state_;
+  std::thread thread_;
+};
+
+/// A fixed pool of threads running posted tasks; with one thread, a serial
+/// executor. The destructor lets queued tasks finish, then joins.
+class ThreadPool {
+ public:
+  explicit ThreadPool(int threads);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  void post(std::function<void()> task);
+  bool in_pool_thread() const noexcept;
+  /// Drains the queue and joins (idempotent; detaches the calling thread
+  /// if it is one of the pool's).
+  void shutdown();
+
+ private:
+  struct State;
+  static void run(const std::shared_ptr<State>& state);
+  std::shared_ptr<State> state_;
+  std::vector<std::thread> threads_;
+};
+
+/// What a connection owns to drive its elections.
+class Runtime {
+ public:
+  explicit Runtime(int io_threads) : io_(io_threads) {}
+  Loop& loop() noexcept { return loop_; }
+  ThreadPool& io() noexcept { return io_; }
+
+ private:
+  ThreadPool io_;
+  Loop loop_;
+};
+
+}  // namespace leader::detail
