@@ -1,0 +1,615 @@
+#include "nats/nats_backend.h"
+
+#include <algorithm>
+#include <cctype>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "nats/nats_internal.h"
+
+namespace leader::detail {
+namespace nats {
+namespace {
+
+bool contains_ci(const std::string& haystack, const std::string& needle) {
+  auto it = std::search(haystack.begin(), haystack.end(), needle.begin(), needle.end(), [](char a, char b) {
+    return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
+  });
+  return it != haystack.end();
+}
+
+}  // namespace
+
+Failure capture(natsStatus status, int js_code) {
+  Failure f;
+  f.status = status;
+  f.js_code = js_code;
+  if (status == NATS_OK) return f;
+  // nats.c does not set the thread's last error on every failure (e.g. a
+  // "no message found" from js_GetLastMsg): text of another status is
+  // stale, from an earlier call.
+  natsStatus last = NATS_OK;
+  const char* text = nats_GetLastError(&last);
+  if (text == nullptr || last != status) return f;
+  f.text = text;
+  // Drops the "(js.c:535): " source location.
+  if (!f.text.empty() && f.text[0] == '(') {
+    const auto end = f.text.find("): ");
+    if (end != std::string::npos) f.text.erase(0, end + 3);
+  }
+  return f;
+}
+
+KvOutcome classify(const Failure& f, natsConnStatus conn) noexcept {
+  if (f.status == NATS_OK) return KvOutcome::ok;
+  // A JetStream error code is exact; the text is the fallback (kvStore_*
+  // style errors carry none).
+  if (f.js_code == JSStreamWrongLastSequenceErr) return KvOutcome::conflict;
+  if (f.js_code == JSNoMessageFoundErr || f.js_code == JSStreamNotFoundErr || f.status == NATS_NOT_FOUND) {
+    return KvOutcome::not_found;
+  }
+  if (f.js_code == 0 && contains_ci(f.text, "wrong last sequence")) return KvOutcome::conflict;
+  if (f.status == NATS_CONNECTION_CLOSED || conn == NATS_CONN_STATUS_CLOSED) return KvOutcome::closed;
+  if (f.status == NATS_NOT_PERMITTED || contains_ci(f.text, "permission")) {
+    return KvOutcome::permission_denied;
+  }
+  if (f.status == NATS_CONNECTION_DISCONNECTED || conn == NATS_CONN_STATUS_RECONNECTING ||
+      conn == NATS_CONN_STATUS_DISCONNECTED || conn == NATS_CONN_STATUS_CONNECTING) {
+    return KvOutcome::disconnected;
+  }
+  if (f.status == NATS_TIMEOUT) return KvOutcome::timeout;
+  if (f.status == NATS_NO_RESPONDERS) return KvOutcome::no_responders;
+  return KvOutcome::other;
+}
+
+std::string describe(KvOutcome outcome, const Failure& f) {
+  std::string out = to_string(outcome);
+  out += " (";
+  out += natsStatus_GetText(f.status);
+  if (f.js_code != 0) out += ", jsErrCode " + std::to_string(f.js_code);
+  if (!f.text.empty()) out += ": " + f.text;
+  out += ")";
+  return out;
+}
+
+std::int64_t ms_left(std::chrono::steady_clock::time_point deadline) noexcept {
+  const auto left = deadline - std::chrono::steady_clock::now();
+  if (left <= std::chrono::steady_clock::duration::zero()) return 0;
+  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
+  return (ns + 999'999) / 1'000'000;
+}
+
+std::string format_ttl(std::int64_t ns) {
+  if (ns == 0) return "0s (no expiry)";
+  if (ns % 1'000'000'000 == 0) return std::to_string(ns / 1'000'000'000) + "s";
+  if (ns % 1'000'000 == 0) return std::to_string(ns / 1'000'000) + "ms";
+  if (ns % 1'000 == 0) return std::to_string(ns / 1'000) + "us";
+  return std::to_string(ns) + "ns";
+}
+
+std::uint64_t Events::subscribe(std::function<void(ConnectionState)> listener) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const auto id = next_id_++;
+  listeners_.emplace(id, std::move(listener));
+  return id;
+}
+
+void Events::unsubscribe(std::uint64_t id) {
+  std::function<void(ConnectionState)> dropped;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = listeners_.find(id);
+    if (it == listeners_.end()) return;
+    dropped = std::move(it->second);
+    listeners_.erase(it);
+  }
+  if (dispatching_.load() != std::this_thread::get_id()) {
+    // Waits for a fan-out in progress; later ones no longer see `id`.
+    std::lock_guard<std::mutex> wait(dispatch_mu_);
+  }
+}
+
+void Events::notify(ConnectionState state) {
+  std::lock_guard<std::mutex> dispatch(dispatch_mu_);
+  dispatching_.store(std::this_thread::get_id());
+  std::vector<std::uint64_t> ids;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& entry : listeners_) ids.push_back(entry.first);
+  }
+  for (auto id : ids) {
+    std::function<void(ConnectionState)> listener;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = listeners_.find(id);
+      if (it == listeners_.end()) continue;  // unsubscribed by an earlier listener
+      listener = it->second;
+    }
+    try {
+      listener(state);
+    } catch (...) {
+      // A listener must not throw; nothing can be reported from here.
+    }
+  }
+  dispatching_.store(std::thread::id{});
+}
+
+std::uint64_t Events::add_watch(const std::shared_ptr<WatchCore>& core) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const auto id = next_id_++;
+  watches_.emplace(id, WatchEntry{core, nullptr});
+  return id;
+}
+
+void Events::bind_subscription(std::uint64_t id, natsSubscription* sub) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = watches_.find(id);
+  if (it == watches_.end()) return;
+  it->second.sub = sub;
+  watch_by_sub_[sub] = id;
+}
+
+void Events::remove_watch(std::uint64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = watches_.find(id);
+  if (it == watches_.end()) return;
+  if (it->second.sub != nullptr) watch_by_sub_.erase(it->second.sub);
+  watches_.erase(it);
+}
+
+void Events::bury(std::shared_ptr<WatchCore> core) {
+  std::lock_guard<std::mutex> lock(mu_);
+  graveyard_.push_back(std::move(core));
+}
+
+void Events::hold_self(std::shared_ptr<Events> self) {
+  std::lock_guard<std::mutex> lock(mu_);
+  self_ = std::move(self);
+}
+
+void Events::release_self() {
+  std::shared_ptr<Events> self;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    self = std::move(self_);
+  }
+  // `self` may be the last reference: this object dies here, after mu_ is
+  // released.
+}
+
+void Events::fail_all(KvOutcome outcome, const std::string& message) {
+  std::vector<std::shared_ptr<WatchCore>> cores;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& entry : watches_) {
+      if (auto core = entry.second.core.lock()) cores.push_back(std::move(core));
+    }
+  }
+  for (const auto& core : cores) {
+    core->fail(outcome,
+               "watch of key \"" + core->key() + "\" in bucket \"" + core->bucket() + "\": " + message);
+  }
+}
+
+void Events::on_disconnected(natsConnection*, void* closure) {
+  static_cast<Events*>(closure)->notify(ConnectionState::disconnected);
+}
+
+void Events::on_reconnected(natsConnection*, void* closure) {
+  auto* self = static_cast<Events*>(closure);
+  // Messages may have been lost while disconnected, and a restarted server
+  // may have lost the watch's ephemeral consumer: every watch is recreated.
+  self->fail_all(KvOutcome::disconnected,
+                 "the connection to " + self->url_ + " was lost and re-established; recreate the watch");
+  self->notify(ConnectionState::connected);
+}
+
+void Events::on_closed(natsConnection*, void* closure) {
+  auto* self = static_cast<Events*>(closure);
+  self->closed_.store(true);
+  self->fail_all(KvOutcome::closed, "the connection to " + self->url_ + " is closed");
+  self->notify(ConnectionState::closed);
+  self->release_self();  // nats.c runs no callback of this connection after this one
+}
+
+void Events::on_error(natsConnection*, natsSubscription* sub, natsStatus err, void* closure) {
+  auto* self = static_cast<Events*>(closure);
+  if (sub == nullptr) return;  // connection-level: surfaces through the calls and state callbacks
+  std::shared_ptr<WatchCore> core;
+  {
+    std::lock_guard<std::mutex> lock(self->mu_);
+    auto it = self->watch_by_sub_.find(sub);
+    if (it == self->watch_by_sub_.end()) return;
+    auto w = self->watches_.find(it->second);
+    if (w != self->watches_.end()) core = w->second.core.lock();
+  }
+  if (!core) return;
+  KvOutcome outcome = KvOutcome::other;
+  if (err == NATS_NOT_PERMITTED) outcome = KvOutcome::permission_denied;
+  if (err == NATS_MISSED_HEARTBEAT) outcome = KvOutcome::timeout;
+  std::string text = natsStatus_GetText(err);
+  if (err == NATS_MISSED_HEARTBEAT) text += " (the server hosting the watch's consumer went silent)";
+  core->fail(outcome, "watch of key \"" + core->key() + "\" in bucket \"" + core->bucket() +
+                          "\": subscription error: " + text);
+}
+
+void Deferred::shutdown() noexcept {
+  decltype(state_->tasks) dropped;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->stop = true;
+    dropped.swap(state_->tasks);
+  }
+  state_->cv.notify_all();
+  dropped.clear();  // outside the lock: closures may hold the last reference of a watch
+  std::lock_guard<std::mutex> lock(start_mu_);
+  if (!thread_.joinable()) return;
+  if (thread_.get_id() == std::this_thread::get_id()) {
+    thread_.detach();  // the loop only touches its own State, which it co-owns
+  } else {
+    thread_.join();
+  }
+}
+
+void Deferred::post(std::function<void()> task, Duration delay) {
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (state_->stop) return;
+    const auto due = std::chrono::steady_clock::now() + delay;
+    state_->tasks.emplace(std::make_pair(due, state_->next_seq++), std::move(task));
+  }
+  state_->cv.notify_one();
+  std::lock_guard<std::mutex> lock(start_mu_);
+  if (!thread_.joinable()) thread_ = std::thread(&Deferred::run, state_);
+}
+
+void Deferred::run(const std::shared_ptr<State>& state) {
+  std::unique_lock<std::mutex> lock(state->mu);
+  while (!state->stop) {
+    if (state->tasks.empty()) {
+      state->cv.wait(lock);
+      continue;
+    }
+    auto first = state->tasks.begin();
+    const auto due = first->first.first;  // a copy: the node may go while waiting
+    if (due > std::chrono::steady_clock::now()) {
+      state->cv.wait_until(lock, due);
+      continue;
+    }
+    auto task = std::move(first->second);
+    state->tasks.erase(first);
+    lock.unlock();
+    try {
+      task();
+    } catch (...) {
+      // Tasks do not throw; nothing could report it here.
+    }
+    task = nullptr;  // releases captures outside the lock
+    lock.lock();
+  }
+  lock.unlock();
+  nats_ReleaseThreadMemory();
+}
+
+Core::~Core() {
+  deferred.shutdown();  // its tasks use the handles below
+  if (js != nullptr) jsCtx_Destroy(js);
+  if (nc != nullptr) natsConnection_Destroy(nc);
+}
+
+KvOutcome Core::gate() const noexcept {
+  if (events->closed()) return KvOutcome::closed;
+  switch (natsConnection_Status(nc)) {
+    case NATS_CONN_STATUS_CONNECTED:
+    case NATS_CONN_STATUS_DRAINING_SUBS:
+    case NATS_CONN_STATUS_DRAINING_PUBS:
+      return KvOutcome::ok;
+    case NATS_CONN_STATUS_CLOSED:
+      return KvOutcome::closed;
+    default:
+      return KvOutcome::disconnected;
+  }
+}
+
+std::string Core::server_url() const {
+  char buf[512] = {0};
+  if (natsConnection_GetConnectedUrl(nc, buf, sizeof(buf)) == NATS_OK && buf[0] != '\0') return buf;
+  return events->url();
+}
+
+namespace {
+
+std::vector<std::string> split_urls(const std::string& text) {
+  std::vector<std::string> out;
+  std::string current;
+  auto flush = [&] {
+    auto b = current.find_first_not_of(" \t");
+    auto e = current.find_last_not_of(" \t");
+    if (b != std::string::npos) out.push_back(current.substr(b, e - b + 1));
+    current.clear();
+  };
+  for (char c : text) {
+    if (c == ',') {
+      flush();
+    } else {
+      current += c;
+    }
+  }
+  flush();
+  return out;
+}
+
+std::int64_t to_ms(std::chrono::milliseconds d) { return std::max<std::int64_t>(1, d.count()); }
+
+class NatsBackend final : public Backend {
+ public:
+  explicit NatsBackend(std::shared_ptr<Core> core) : core_(std::move(core)) {}
+
+  ~NatsBackend() override {
+    // Stores and watches still alive keep the handles valid and see
+    // `closed` from now on.
+    natsConnection_Close(core_->nc);
+  }
+
+  OpenResult open_bucket(const BucketSpec& spec, Duration timeout) override;
+
+  ConnectionState state() const noexcept override {
+    switch (core_->gate()) {
+      case KvOutcome::ok:
+        return ConnectionState::connected;
+      case KvOutcome::closed:
+        return ConnectionState::closed;
+      default:
+        break;
+    }
+    return natsConnection_Status(core_->nc) == NATS_CONN_STATUS_DISCONNECTED ? ConnectionState::disconnected
+                                                                             : ConnectionState::reconnecting;
+  }
+
+  std::uint64_t subscribe_state(std::function<void(ConnectionState)> listener) override {
+    return core_->events->subscribe(std::move(listener));
+  }
+
+  void unsubscribe_state(std::uint64_t id) override { core_->events->unsubscribe(id); }
+
+ private:
+  OpenResult fail(Errc errc, std::string message) const {
+    OpenResult r;
+    r.error = make_error_code(errc);
+    r.message = std::move(message);
+    return r;
+  }
+  OpenResult fail_call(const BucketSpec& spec, const char* what, const Failure& f) const;
+  /// Checks an existing bucket's stream against `spec`.
+  OpenResult check_existing(const BucketSpec& spec, const jsStreamInfo& info) const;
+
+  std::shared_ptr<Core> core_;
+};
+
+OpenResult NatsBackend::fail_call(const BucketSpec& spec, const char* what, const Failure& f) const {
+  if (f.status == NATS_NO_RESPONDERS || f.js_code == JSNotEnabledForAccountErr ||
+      f.js_code == JSNotEnabledErr) {
+    return fail(Errc::jetstream_unavailable,
+                "JetStream is not available at " + core_->server_url() +
+                    " (is the server started with -js?): " + what + " of bucket \"" + spec.name +
+                    "\" failed: " + describe(classify(f, natsConnection_Status(core_->nc)), f));
+  }
+  const auto outcome = classify(f, natsConnection_Status(core_->nc));
+  OpenResult r;
+  r.error = to_error_code(outcome == KvOutcome::ok ? KvOutcome::other : outcome);
+  r.message = std::string(what) + " of bucket \"" + spec.name + "\" at " + core_->server_url() + ": " +
+              describe(outcome, f);
+  return r;
+}
+
+OpenResult NatsBackend::check_existing(const BucketSpec& spec, const jsStreamInfo& info) const {
+  if (info.Config == nullptr) {
+    return fail(Errc::other, "bucket \"" + spec.name + "\": the server returned no stream configuration");
+  }
+  const std::int64_t want_ttl = spec.ttl.count();
+  if (info.Config->MaxAge != want_ttl) {
+    return fail(Errc::bucket_mismatch, "bucket \"" + spec.name + "\" exists with ttl " +
+                                           format_ttl(info.Config->MaxAge) + ", config wants " +
+                                           format_ttl(want_ttl) +
+                                           " (all elections of a bucket share its TTL: use another bucket, "
+                                           "or delete this one)");
+  }
+  const jsStorageType want_storage = spec.storage == Storage::memory ? js_MemoryStorage : js_FileStorage;
+  if (info.Config->Storage != want_storage) {
+    auto name = [](jsStorageType t) { return t == js_MemoryStorage ? "memory" : "file"; };
+    return fail(Errc::bucket_mismatch, "bucket \"" + spec.name + "\" exists with " +
+                                           name(info.Config->Storage) + " storage, config wants " +
+                                           name(want_storage) + " (use another bucket, or delete this one)");
+  }
+  OpenResult r;
+  r.store = make_store(core_, spec.name);
+  return r;
+}
+
+OpenResult NatsBackend::open_bucket(const BucketSpec& spec, Duration timeout) {
+  try {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    const std::string stream = "KV_" + spec.name;
+
+    const auto gate = core_->gate();
+    if (gate != KvOutcome::ok) {
+      return fail(gate == KvOutcome::closed ? Errc::closed : Errc::disconnected,
+                  "cannot open bucket \"" + spec.name + "\": not connected to " + core_->server_url() + " (" +
+                      to_string(gate) + ")");
+    }
+
+    auto read_info = [&](StreamInfoPtr* out) {
+      jsOptions jo;
+      jsOptions_Init(&jo);
+      jo.Wait = std::max<std::int64_t>(1, ms_left(deadline));
+      jsStreamInfo* si = nullptr;
+      jsErrCode jerr = static_cast<jsErrCode>(0);
+      natsStatus s = js_GetStreamInfo(&si, core_->js, stream.c_str(), &jo, &jerr);
+      out->reset(si);
+      return capture(s, static_cast<int>(jerr));
+    };
+
+    StreamInfoPtr info;
+    Failure f = read_info(&info);
+    if (f.status == NATS_OK && info) return check_existing(spec, *info);
+    if (f.status != NATS_NOT_FOUND && f.js_code != JSStreamNotFoundErr) {
+      return fail_call(spec, "reading the configuration", f);
+    }
+    if (ms_left(deadline) == 0) {
+      return fail(Errc::timeout, "creating bucket \"" + spec.name + "\": no time left");
+    }
+
+    // Missing: create it. js_CreateKeyValue waits as long as its context
+    // says, so it gets a context of its own bounded by the deadline.
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = std::max<std::int64_t>(1, ms_left(deadline));
+    jsCtx* raw_js = nullptr;
+    natsStatus s = natsConnection_JetStream(&raw_js, core_->nc, &jo);
+    JsCtxPtr js(raw_js);
+    if (s != NATS_OK) return fail_call(spec, "creating a JetStream context for", capture(s));
+
+    kvConfig cfg;
+    kvConfig_Init(&cfg);
+    cfg.Bucket = spec.name.c_str();
+    cfg.History = 1;
+    cfg.TTL = spec.ttl.count();
+    cfg.StorageType = spec.storage == Storage::memory ? js_MemoryStorage : js_FileStorage;
+    cfg.Replicas = spec.replicas;
+    kvStore* raw_kv = nullptr;
+    s = js_CreateKeyValue(&raw_kv, js.get(), &cfg);
+    KvStorePtr kv(raw_kv);
+    if (s == NATS_OK) {
+      OpenResult r;
+      r.store = make_store(core_, spec.name);
+      return r;
+    }
+    Failure created = capture(s);
+    if (created.status == NATS_NO_RESPONDERS || created.status == NATS_TIMEOUT || ms_left(deadline) == 0) {
+      return fail_call(spec, "creating", created);
+    }
+    // Someone else may have created it meanwhile, possibly with another
+    // configuration ("Existing configuration is different"): report what is
+    // there.
+    f = read_info(&info);
+    if (f.status == NATS_OK && info) return check_existing(spec, *info);
+    return fail_call(spec, "creating", created);
+  } catch (const std::exception& e) {
+    return fail(Errc::other, "opening bucket \"" + spec.name + "\": " + e.what());
+  } catch (...) {
+    return fail(Errc::other, "opening bucket \"" + spec.name + "\": unknown error");
+  }
+}
+
+natsStatus open_library() {
+  static std::once_flag once;
+  static natsStatus status = NATS_OK;
+  std::call_once(once, [] { status = nats_Open(-1); });
+  return status;
+}
+
+}  // namespace
+}  // namespace nats
+
+std::shared_ptr<Backend> make_nats_backend(const ConnectionOptions& options, std::error_code* error,
+                                           std::string* message) {
+  using namespace nats;
+  auto set_error = [&](Errc errc, std::string text) -> std::shared_ptr<Backend> {
+    if (error != nullptr) *error = make_error_code(errc);
+    if (message != nullptr) *message = std::move(text);
+    return nullptr;
+  };
+  try {
+    const std::string where = "\"" + options.url + "\"";
+    natsStatus s = open_library();
+    if (s != NATS_OK) {
+      return set_error(Errc::other,
+                       std::string("cannot initialize the NATS client library: ") + natsStatus_GetText(s));
+    }
+
+    const auto urls = split_urls(options.url);
+    if (urls.empty())
+      return set_error(Errc::other, "no NATS server URL given (ConnectionOptions::url is empty)");
+
+    natsOptions* raw_opts = nullptr;
+    s = natsOptions_Create(&raw_opts);
+    OptionsPtr opts(raw_opts);
+    auto events = std::make_shared<Events>(options.url);
+    std::vector<const char*> url_ptrs;
+    for (const auto& u : urls) url_ptrs.push_back(u.c_str());
+    if (s == NATS_OK)
+      s = natsOptions_SetServers(opts.get(), url_ptrs.data(), static_cast<int>(url_ptrs.size()));
+    if (s == NATS_OK) s = natsOptions_SetName(opts.get(), options.name.c_str());
+    if (s == NATS_OK) s = natsOptions_SetTimeout(opts.get(), to_ms(options.connect_timeout));
+    if (s == NATS_OK) s = natsOptions_SetReconnectWait(opts.get(), to_ms(options.reconnect_wait));
+    if (s == NATS_OK) s = natsOptions_SetMaxReconnect(opts.get(), -1);
+    if (s == NATS_OK) s = natsOptions_SetPingInterval(opts.get(), to_ms(options.ping_interval));
+    if (s == NATS_OK) s = natsOptions_SetMaxPingsOut(opts.get(), 2);
+    if (s == NATS_OK) s = natsOptions_SetRetryOnFailedConnect(opts.get(), false, nullptr, nullptr);
+    // One shared delivery pool instead of a thread per subscription (watch).
+    if (s == NATS_OK) s = natsOptions_UseGlobalMessageDelivery(opts.get(), true);
+    if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(opts.get(), &Events::on_disconnected, events.get());
+    if (s == NATS_OK) s = natsOptions_SetReconnectedCB(opts.get(), &Events::on_reconnected, events.get());
+    if (s == NATS_OK) s = natsOptions_SetClosedCB(opts.get(), &Events::on_closed, events.get());
+    if (s == NATS_OK) s = natsOptions_SetErrorHandler(opts.get(), &Events::on_error, events.get());
+    if (s != NATS_OK) {
+      const auto f = capture(s);
+      return set_error(Errc::other,
+                       "invalid connection options for " + where + ": " + describe(KvOutcome::other, f));
+    }
+
+    auto core = std::make_shared<Core>();
+    core->events = events;
+    s = natsConnection_Connect(&core->nc, opts.get());
+    if (s != NATS_OK) {
+      const auto f = capture(s);
+      // No callback runs for a connection that never connected.
+      core->nc = nullptr;
+      Errc errc = Errc::other;
+      std::string hint;
+      switch (s) {
+        case NATS_NO_SERVER:
+        case NATS_IO_ERROR:
+          errc = Errc::disconnected;
+          hint = " (is nats-server running there and reachable?)";
+          break;
+        case NATS_TIMEOUT:
+          errc = Errc::timeout;
+          hint =
+              " (no answer within connect_timeout " + std::to_string(options.connect_timeout.count()) + "ms)";
+          break;
+        case NATS_CONNECTION_AUTH_FAILED:
+        case NATS_NOT_PERMITTED:
+          errc = Errc::permission_denied;
+          hint = " (check the credentials)";
+          break;
+        default:
+          break;
+      }
+      const std::string status_text = natsStatus_GetText(f.status);
+      const std::string detail = f.text.empty() || f.text == status_text ? "" : " (" + f.text + ")";
+      return set_error(errc, "cannot connect to NATS at " + where + ": " + status_text + detail + hint);
+    }
+    events->hold_self(events);
+
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    s = natsConnection_JetStream(&core->js, core->nc, &jo);
+    if (s != NATS_OK) {
+      const auto f = capture(s);
+      core->js = nullptr;
+      natsConnection_Close(core->nc);
+      return set_error(Errc::other, "cannot create a JetStream context on " + where + ": " +
+                                        describe(KvOutcome::other, f));
+    }
+    return std::make_shared<NatsBackend>(std::move(core));
+  } catch (const std::exception& e) {
+    return set_error(Errc::other, std::string("cannot connect to NATS: ") + e.what());
+  } catch (...) {
+    return set_error(Errc::other, "cannot connect to NATS: unknown error");
+  }
+}
+
+}  // namespace leader::detail

@@ -1,0 +1,252 @@
+#pragma once
+
+// Private to src/nats/: RAII for nats.c handles, outcome mapping, and the
+// shared state behind the backend, its stores and their watches.
+
+#include <nats/nats.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "kv.h"
+#include "leader/types.h"
+
+namespace leader::detail::nats {
+
+struct OptionsDeleter {
+  void operator()(natsOptions* p) const noexcept { natsOptions_Destroy(p); }
+};
+struct MsgDeleter {
+  void operator()(natsMsg* p) const noexcept { natsMsg_Destroy(p); }
+};
+struct PubAckDeleter {
+  void operator()(jsPubAck* p) const noexcept { jsPubAck_Destroy(p); }
+};
+struct StreamInfoDeleter {
+  void operator()(jsStreamInfo* p) const noexcept { jsStreamInfo_Destroy(p); }
+};
+struct ConsumerInfoDeleter {
+  void operator()(jsConsumerInfo* p) const noexcept { jsConsumerInfo_Destroy(p); }
+};
+struct MetaDataDeleter {
+  void operator()(jsMsgMetaData* p) const noexcept { jsMsgMetaData_Destroy(p); }
+};
+struct KvStoreDeleter {
+  void operator()(kvStore* p) const noexcept { kvStore_Destroy(p); }
+};
+struct JsCtxDeleter {
+  void operator()(jsCtx* p) const noexcept { jsCtx_Destroy(p); }
+};
+struct SubscriptionDeleter {
+  // Unsubscribes (one UNSUB, no round trip) but leaves the ephemeral
+  // consumer to the server's inactivity cleanup: deleting it would be a
+  // blocking request in a destructor.
+  void operator()(natsSubscription* p) const noexcept { natsSubscription_Destroy(p); }
+};
+
+using OptionsPtr = std::unique_ptr<natsOptions, OptionsDeleter>;
+using MsgPtr = std::unique_ptr<natsMsg, MsgDeleter>;
+using PubAckPtr = std::unique_ptr<jsPubAck, PubAckDeleter>;
+using StreamInfoPtr = std::unique_ptr<jsStreamInfo, StreamInfoDeleter>;
+using ConsumerInfoPtr = std::unique_ptr<jsConsumerInfo, ConsumerInfoDeleter>;
+using MetaDataPtr = std::unique_ptr<jsMsgMetaData, MetaDataDeleter>;
+using KvStorePtr = std::unique_ptr<kvStore, KvStoreDeleter>;
+using JsCtxPtr = std::unique_ptr<jsCtx, JsCtxDeleter>;
+using SubscriptionPtr = std::unique_ptr<natsSubscription, SubscriptionDeleter>;
+
+/// A failed nats.c call: its status, JetStream error code and the calling
+/// thread's last error text (captured right after the call).
+struct Failure {
+  natsStatus status = NATS_OK;
+  int js_code = 0;
+  std::string text;
+};
+
+/// Captures `status`, `js_code` and nats_GetLastError() of this thread.
+Failure capture(natsStatus status, int js_code = 0);
+
+/// The exact outcome class of a failure. `conn` is the connection status
+/// right after the call: a failure while not connected is `disconnected`
+/// (the request may sit in the reconnect buffer).
+KvOutcome classify(const Failure& failure, natsConnStatus conn) noexcept;
+
+/// "<outcome> (<status text>, jsErrCode N: <last error>)".
+std::string describe(KvOutcome outcome, const Failure& failure);
+
+/// Milliseconds left until `deadline`, rounded up; 0 when it has passed.
+std::int64_t ms_left(std::chrono::steady_clock::time_point deadline) noexcept;
+
+/// "5s", "1500ms", "250us" or "0s (no expiry)": for messages.
+std::string format_ttl(std::int64_t ns);
+
+class WatchCore;
+
+/// The closure of the connection's callbacks (state changes, async errors):
+/// listeners and the registry of live watches. It owns itself (`self`) from
+/// a successful connect until the closed callback ran, because nats.c may
+/// run that callback after natsConnection_Destroy returned.
+class Events {
+ public:
+  explicit Events(std::string url) : url_(std::move(url)) {}
+
+  std::uint64_t subscribe(std::function<void(ConnectionState)> listener);
+  /// After it returns the listener is never called again (unless called
+  /// from that listener itself, which then is not called again either).
+  void unsubscribe(std::uint64_t id);
+
+  std::uint64_t add_watch(const std::shared_ptr<WatchCore>& core);
+  void bind_subscription(std::uint64_t id, natsSubscription* sub);
+  void remove_watch(std::uint64_t id);
+  /// Keeps a watch closure alive until this object dies, for when nats.c
+  /// could not take responsibility for releasing it.
+  void bury(std::shared_ptr<WatchCore> core);
+
+  bool closed() const noexcept { return closed_.load(); }
+  const std::string& url() const noexcept { return url_; }
+
+  void hold_self(std::shared_ptr<Events> self);
+  void release_self();
+
+  static void on_disconnected(natsConnection* nc, void* closure);
+  static void on_reconnected(natsConnection* nc, void* closure);
+  static void on_closed(natsConnection* nc, void* closure);
+  static void on_error(natsConnection* nc, natsSubscription* sub, natsStatus err, void* closure);
+
+ private:
+  void notify(ConnectionState state);
+  void fail_all(KvOutcome outcome, const std::string& message);
+
+  const std::string url_;
+  std::atomic<bool> closed_{false};
+
+  std::mutex mu_;  // guards everything below except dispatch_mu_
+  std::map<std::uint64_t, std::function<void(ConnectionState)>> listeners_;
+  std::uint64_t next_id_ = 1;
+  struct WatchEntry {
+    std::weak_ptr<WatchCore> core;
+    natsSubscription* sub = nullptr;
+  };
+  std::map<std::uint64_t, WatchEntry> watches_;
+  std::unordered_map<natsSubscription*, std::uint64_t> watch_by_sub_;
+  std::vector<std::shared_ptr<WatchCore>> graveyard_;
+  std::shared_ptr<Events> self_;
+
+  // Held while listeners are called, so that unsubscribe() can wait for a
+  // fan-out in progress; the thread doing it may unsubscribe without waiting.
+  std::mutex dispatch_mu_;
+  std::atomic<std::thread::id> dispatching_{};
+};
+
+/// One lazily started thread per connection for the little watch work that
+/// no nats.c callback carries: replay_done of a key without messages (so a
+/// handler never runs on the thread calling watch()) and re-checks of a
+/// replay whose last message expired before it was delivered.
+class Deferred {
+ public:
+  using Duration = std::chrono::steady_clock::duration;
+
+  Deferred() = default;
+  Deferred(const Deferred&) = delete;
+  Deferred& operator=(const Deferred&) = delete;
+  ~Deferred() { shutdown(); }
+
+  /// Runs `task` on the thread after `delay` (in order of due time).
+  void post(std::function<void()> task, Duration delay = Duration::zero());
+  /// Drops pending tasks and joins the thread (detaches it when called from
+  /// a task). Idempotent; later posts are dropped.
+  void shutdown() noexcept;
+
+ private:
+  struct State {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::multimap<std::pair<std::chrono::steady_clock::time_point, std::uint64_t>, std::function<void()>>
+        tasks;
+    std::uint64_t next_seq = 0;
+    bool stop = false;
+  };
+  static void run(const std::shared_ptr<State>& state);
+
+  std::shared_ptr<State> state_ = std::make_shared<State>();
+  std::mutex start_mu_;
+  std::thread thread_;
+};
+
+/// The nats.c connection and JetStream context shared by the backend, its
+/// stores and watches; destroyed with the last of them.
+struct Core {
+  Core() = default;
+  Core(const Core&) = delete;
+  Core& operator=(const Core&) = delete;
+  ~Core();
+
+  natsConnection* nc = nullptr;
+  jsCtx* js = nullptr;
+  std::shared_ptr<Events> events;
+  Deferred deferred;
+
+  /// Fast path for calls while not connected: ok when connected, else
+  /// disconnected or closed, so that no request is queued into the
+  /// reconnect buffer (it could be applied long after the call failed).
+  KvOutcome gate() const noexcept;
+  /// The URL connected to, or the configured URL(s).
+  std::string server_url() const;
+};
+
+/// State shared by a watch and the nats.c callbacks of its subscription.
+/// nats.c releases `self` in the subscription's completion callback, after
+/// its last message callback returned.
+class WatchCore {
+ public:
+  WatchCore(std::string bucket, std::string key, WatchHandler handler)
+      : bucket_(std::move(bucket)), key_(std::move(key)), handler_(std::move(handler)) {}
+
+  /// Message callback (nats.c delivery thread).
+  static void on_message(natsConnection* nc, natsSubscription* sub, natsMsg* msg, void* closure);
+  /// Subscription completion callback: drops `self`.
+  static void on_complete(void* closure);
+
+  /// The consumer had nothing to replay: report replay_done (once).
+  void replay_was_empty();
+  /// True once replay_done was delivered, or the watch failed or stopped.
+  bool settled();
+  /// Reports one error event; nothing is delivered after it.
+  void fail(KvOutcome outcome, const std::string& message);
+  /// After it returns the handler is never called again.
+  void stop() noexcept;
+
+  const std::string& key() const noexcept { return key_; }
+  const std::string& bucket() const noexcept { return bucket_; }
+
+  std::shared_ptr<WatchCore> self;
+
+ private:
+  void handle(natsMsg* msg);
+  /// Calls the handler; `mu_` must be held.
+  void deliver(const WatchEvent& event) noexcept;
+
+  const std::string bucket_;
+  const std::string key_;
+  std::mutex mu_;
+  WatchHandler handler_;
+  bool stopped_ = false;
+  bool failed_ = false;
+  bool replay_done_ = false;
+  std::uint64_t last_revision_ = 0;
+  std::atomic<std::thread::id> delivering_{};
+};
+
+/// A KvStore on `bucket` sharing `core`.
+std::shared_ptr<KvStore> make_store(std::shared_ptr<Core> core, std::string bucket);
+
+}  // namespace leader::detail::nats
