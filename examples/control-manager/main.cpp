@@ -1,0 +1,325 @@
+// control-manager: a service whose reconcile loop must run on exactly one
+// instance at a time. Every instance campaigns for the role; the one that
+// leads runs the loop until its term ends. Each transition is printed as one
+// machine-readable line (scripts/demo.sh and the integration tests parse it):
+//
+//   <unix_time_ns> id=<id> event=<event> key=value...
+//
+// Events: started, promoted term=<token>, demoted reason=<reason>,
+// leader leader=<id|none|unknown> term=<t>, error code=<n> msg="<text>",
+// reconcile term=<token> n=<count>, stopped.
+
+#include <pthread.h>
+#include <signal.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+
+#include "leader/leader.h"
+
+namespace {
+
+constexpr const char* kUsage =
+    "usage: control-manager [flags]\n"
+    "\n"
+    "Runs a simulated reconcile loop only while this instance leads the role.\n"
+    "\n"
+    "flags:\n"
+    "  --nats-url URL           NATS server URL(s), comma-separated\n"
+    "                           (default: $NATS_URL, else nats://127.0.0.1:4222)\n"
+    "  --bucket NAME            KV bucket holding the roles (default: leaders)\n"
+    "  --role NAME              role to lead (default: control-manager)\n"
+    "  --id ID                  this instance's id (default: <hostname>-<pid>)\n"
+    "  --ttl DURATION           lease length, e.g. 10s, 3s, 500ms (default: 10s)\n"
+    "  --heartbeat DURATION     renewal interval (default: derived from the TTL)\n"
+    "  --work-interval DURATION reconcile period while leading (default: 200ms)\n"
+    "  --help                   print this help and exit\n"
+    "\n"
+    "Exit status: 0 after SIGINT/SIGTERM (leadership released), 1 when the\n"
+    "connection or the election cannot start, 2 for bad flags or configuration.\n";
+
+struct Options {
+  std::string nats_url;
+  std::string bucket = "leaders";
+  std::string role = "control-manager";
+  std::string id;
+  std::chrono::milliseconds ttl{10000};
+  std::chrono::milliseconds heartbeat{0};
+  std::chrono::milliseconds work_interval{200};
+};
+
+/// A bad command line: the message is printed with the usage, exit 2.
+struct UsageError {
+  std::string message;
+};
+
+std::string default_instance_id() {
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0') {
+    std::snprintf(host, sizeof(host), "localhost");
+  }
+  return std::string(host) + "-" + std::to_string(getpid());
+}
+
+Options parse_args(int argc, char** argv) {
+  Options options;
+  const char* env_url = std::getenv("NATS_URL");
+  options.nats_url = (env_url != nullptr && env_url[0] != '\0') ? env_url : "nats://127.0.0.1:4222";
+  bool id_given = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      std::fputs(kUsage, stdout);
+      std::exit(0);
+    }
+    if (arg.rfind("--", 0) != 0) throw UsageError{"unexpected argument '" + arg + "'"};
+    std::string name = arg;
+    std::optional<std::string> value;
+    if (auto eq = arg.find('='); eq != std::string::npos) {
+      name = arg.substr(0, eq);
+      value = arg.substr(eq + 1);
+    }
+    auto take_value = [&]() -> std::string {
+      if (value) return *value;
+      if (i + 1 >= argc) throw UsageError{"flag " + name + " needs a value"};
+      return argv[++i];
+    };
+    auto take_duration = [&](const char* field) {
+      std::string text = take_value();
+      try {
+        return leader::parse_duration(text, field);
+      } catch (const leader::ConfigError& e) {
+        throw UsageError{name + ": " + e.what()};
+      }
+    };
+    if (name == "--nats-url") {
+      options.nats_url = take_value();
+    } else if (name == "--bucket") {
+      options.bucket = take_value();
+    } else if (name == "--role") {
+      options.role = take_value();
+    } else if (name == "--id") {
+      options.id = take_value();
+      id_given = true;
+    } else if (name == "--ttl") {
+      options.ttl = take_duration("ttl");
+    } else if (name == "--heartbeat") {
+      options.heartbeat = take_duration("heartbeat_interval");
+    } else if (name == "--work-interval") {
+      options.work_interval = take_duration("work-interval");
+      if (options.work_interval.count() <= 0) throw UsageError{"--work-interval must be above 0"};
+    } else {
+      throw UsageError{"unknown flag '" + name + "'"};
+    }
+  }
+  if (!id_given) options.id = default_instance_id();
+  return options;
+}
+
+/// Writes one event line at a time, timestamped with CLOCK_REALTIME (so
+/// lines of several processes can be compared), flushed at once.
+class EventLog {
+ public:
+  explicit EventLog(std::string id) : id_(std::move(id)) {}
+
+  void emit(const std::string& event, const std::string& fields = {}) {
+    std::lock_guard<std::mutex> lock(mu_);
+    // Taken under the lock so the lines of one process are in time order.
+    timespec ts{};
+    clock_gettime(CLOCK_REALTIME, &ts);
+    const long long ns = static_cast<long long>(ts.tv_sec) * 1000000000LL + ts.tv_nsec;
+    std::fprintf(stdout, "%lld id=%s event=%s%s%s\n", ns, id_.c_str(), event.c_str(),
+                 fields.empty() ? "" : " ", fields.c_str());
+    std::fflush(stdout);
+  }
+
+ private:
+  std::mutex mu_;
+  std::string id_;
+};
+
+/// Quotes `text` so a line stays one line and `msg="..."` stays parseable.
+std::string quoted(const std::string& text) {
+  std::string out = "\"";
+  for (char c : text) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      default:
+        out += c;
+    }
+  }
+  return out + "\"";
+}
+
+/// The leader-only work: a loop that runs on its own thread for one term.
+/// It checks `Term::lost()` every interval, so it ends by itself when the
+/// lease runs out even if `on_demote` is late; `stop()` ends it at once.
+class Reconciler {
+ public:
+  Reconciler(EventLog& log, std::chrono::milliseconds interval) : log_(log), interval_(interval) {}
+  ~Reconciler() { stop(); }
+  Reconciler(const Reconciler&) = delete;
+  Reconciler& operator=(const Reconciler&) = delete;
+
+  void start(const leader::Term& term) {
+    stop();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_requested_ = false;
+    }
+    thread_ = std::thread([this, term] { run(term); });
+  }
+
+  /// Returns once the loop has ended: no leader-only work runs after it.
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_requested_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void run(const leader::Term& term) {
+    std::uint64_t n = 0;
+    while (true) {
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        if (cv_.wait_for(lock, interval_, [this] { return stop_requested_; })) return;
+      }
+      if (term.lost()) return;
+      // A real reconcile would write to downstream systems here, passing
+      // term.token() so they can reject a stale leader's writes.
+      ++n;
+      if (n % 5 == 0) {
+        log_.emit("reconcile", "term=" + std::to_string(term.token()) + " n=" + std::to_string(n));
+      }
+    }
+  }
+
+  EventLog& log_;
+  const std::chrono::milliseconds interval_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_requested_ = false;
+  std::thread thread_;
+};
+
+int run(const Options& options, const sigset_t& stop_signals) {
+  EventLog log(options.id);
+  Reconciler reconciler(log, options.work_interval);
+
+  leader::Config config;
+  config.bucket = options.bucket;
+  config.role = options.role;
+  config.instance_id = options.id;
+  config.ttl = options.ttl;
+  config.heartbeat_interval = options.heartbeat;
+  // Bad configuration is reported before any connection attempt.
+  config.validate();
+
+  leader::Callbacks callbacks;
+  callbacks.on_promote = [&](const leader::Term& term) {
+    log.emit("promoted", "term=" + std::to_string(term.token()));
+    reconciler.start(term);
+  };
+  callbacks.on_demote = [&](leader::DemoteReason reason) {
+    // The library releases the key only after this returns: stop the work first.
+    reconciler.stop();
+    log.emit("demoted", std::string("reason=") + leader::to_string(reason));
+  };
+  callbacks.on_leader_change = [&](const std::optional<leader::LeaderInfo>& info) {
+    std::string who = "none";
+    std::uint64_t term = 0;
+    if (info) {
+      who = info->instance_id.empty() ? "unknown" : info->instance_id;
+      term = info->term;
+    }
+    log.emit("leader", "leader=" + who + " term=" + std::to_string(term));
+  };
+  callbacks.on_error = [&](const leader::ErrorInfo& error) {
+    log.emit("error", "code=" + std::to_string(error.code.value()) + " msg=" + quoted(error.message));
+  };
+
+  leader::ConnectionOptions connection_options;
+  connection_options.url = options.nats_url;
+  connection_options.name = "control-manager " + options.id;
+  auto connection = leader::Connection::connect(connection_options);
+
+  leader::Election election(connection, config, callbacks);
+  election.start();
+  const leader::Config& resolved = election.config();
+  log.emit("started", "bucket=" + resolved.bucket + " role=" + resolved.role +
+                          " ttl_ms=" + std::to_string(resolved.ttl.count()) +
+                          " heartbeat_ms=" + std::to_string(resolved.heartbeat_interval.count()));
+
+  int signal_number = 0;
+  while (sigwait(&stop_signals, &signal_number) != 0) {
+  }
+  election.stop();
+  log.emit("stopped", std::string("signal=") + (signal_number == SIGINT ? "SIGINT" : "SIGTERM"));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // A shell starts background jobs with SIGINT ignored; sigwait() needs the
+  // default disposition to see it.
+  signal(SIGINT, SIG_DFL);
+  signal(SIGTERM, SIG_DFL);
+  // Blocked before any thread exists, so every thread inherits the mask and
+  // only the sigwait() in run() sees these signals: no work in a handler.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // A reader that went away must not kill us in the middle of a release.
+  signal(SIGPIPE, SIG_IGN);
+
+  Options options;
+  try {
+    options = parse_args(argc, argv);
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "control-manager: %s\n\n%s", e.message.c_str(), kUsage);
+    return 2;
+  }
+
+  try {
+    return run(options, stop_signals);
+  } catch (const leader::ConfigError& e) {
+    std::fprintf(stderr, "control-manager: %s\n", e.what());
+    return 2;
+  } catch (const leader::Error& e) {
+    std::fprintf(stderr, "control-manager: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "control-manager: %s\n", e.what());
+    return 1;
+  }
+}
