@@ -158,9 +158,9 @@ milliseconds parse_duration(const std::string& text, const std::string& field) {
   } else if (unit == "s") {
     factor = 1000;
   } else if (unit == "m") {
-    factor = 60 * 1000;
+    factor = 60LL * 1000;
   } else if (unit == "h") {
-    factor = 60 * 60 * 1000;
+    factor = 60LL * 60 * 1000;
   } else {
     throw ConfigError(field, fmt::format("{} has no valid unit (ms, s, m or h)", quoted(text)));
   }

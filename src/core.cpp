@@ -11,6 +11,16 @@ namespace {
 constexpr std::size_t kMaxRemembered = 32;
 constexpr int kMaxEraseAttempts = 3;
 
+// For cores built without a logger (tests): no sinks, nothing formatted.
+std::shared_ptr<spdlog::logger> silent_logger() {
+  static const auto logger = [] {
+    auto l = std::make_shared<spdlog::logger>("leader-silent");
+    l->set_level(spdlog::level::off);
+    return l;
+  }();
+  return logger;
+}
+
 bool same_leader(const std::optional<LeaderInfo>& a, const std::optional<LeaderInfo>& b) {
   if (a.has_value() != b.has_value()) return false;
   if (!a) return true;
@@ -34,7 +44,7 @@ const char* to_string(OpKind k) noexcept {
 }
 
 ElectionCore::ElectionCore(Config config, std::uint64_t seed, std::shared_ptr<spdlog::logger> logger)
-    : cfg_(std::move(config)), rng_(seed), log_(std::move(logger)) {}
+    : cfg_(std::move(config)), rng_(seed), log_(logger ? std::move(logger) : silent_logger()) {}
 
 ElectionCore::~ElectionCore() = default;
 
@@ -67,7 +77,7 @@ void ElectionCore::start(TimePoint now) {
   // Optimistic: a create costs one round trip when the key is free and
   // answers with the holder when it is not.
   acquire_at_ = now;
-  if (log_) log_->info("{} campaign started (bucket={})", who(), cfg_.bucket);
+  log_->info("{} campaign started (bucket={})", who(), cfg_.bucket);
 }
 
 void ElectionCore::on_tick(TimePoint now) {
@@ -79,7 +89,7 @@ void ElectionCore::on_tick(TimePoint now) {
   if (!running_) return;
 
   if (stopping_ && now >= stop_deadline_) {
-    if (log_ && (demote_pending_ || !release_queue_.empty())) {
+    if (demote_pending_ || !release_queue_.empty()) {
       log_->warn("{} stop timeout: {}; the key is left to expire", who(),
                  demote_pending_ ? "on_demote has not returned" : "release not confirmed");
     }
@@ -150,7 +160,7 @@ void ElectionCore::on_kv_result(OpId id, const KvResult& result, TimePoint now) 
   clear(renew_op_);
   clear(read_op_);
   clear(erase_op_);
-  if (log_ && !result.ok()) {
+  if (!result.ok()) {
     log_->debug("{} {} -> {}{}{}", who(), to_string(op.kind), to_string(result.outcome),
                 op.timed_out ? " (late)" : "", result.message.empty() ? "" : ": " + result.message);
   }
@@ -185,8 +195,7 @@ void ElectionCore::on_watch(const WatchEvent& event, TimePoint now) {
       actions_.emplace_back(WatchControl{false});
       ++watch_failures_;
       watch_retry_at_ = now + backoff(watch_failures_);
-      if (log_)
-        log_->debug("{} watch failed ({}): {}; recreating", who(), to_string(event.error), event.message);
+      log_->debug("{} watch failed ({}): {}; recreating", who(), to_string(event.error), event.message);
       // Catch up on what the watch may have missed.
       if (!lease_) send_read(now);
       break;
@@ -197,7 +206,7 @@ void ElectionCore::on_watch(const WatchEvent& event, TimePoint now) {
 void ElectionCore::on_connection(ConnectionState state, TimePoint now) {
   if (state == connection_) return;
   connection_ = state;
-  if (log_) log_->info("{} connection {}", who(), leader::to_string(state));
+  log_->info("{} connection {}", who(), leader::to_string(state));
   if (state == ConnectionState::connected && running_ && !lease_) send_read(now);
 }
 
@@ -254,7 +263,9 @@ OpId ElectionCore::send(OpKind kind, std::string value, std::optional<std::uint6
     if (victim == ops_.end()) break;
     ops_.erase(victim);
   }
-  if (log_) log_->trace("{} -> {} op={} expected={}", who(), to_string(kind), id, expected.value_or(0));
+  if (log_->should_log(spdlog::level::trace)) {
+    log_->trace("{} -> {} op={} expected={}", who(), to_string(kind), id, expected.value_or(0));
+  }
   KvCall call;
   call.id = id;
   call.kind = kind;
@@ -295,7 +306,7 @@ void ElectionCore::queue_release(const std::string& nonce, std::uint64_t revisio
   const bool queued = std::any_of(release_queue_.begin(), release_queue_.end(),
                                   [&](const ReleaseTarget& t) { return t.revision == revision; });
   if (queued) return;
-  if (log_ && !lease_) log_->debug("{} releasing a write of ours (revision {})", who(), revision);
+  if (!lease_) log_->debug("{} releasing a write of ours (revision {})", who(), revision);
   release_queue_.push_back({nonce, revision});
   pump_release(now);
 }
@@ -426,7 +437,7 @@ void ElectionCore::on_erase_result(const PendingOp& op, const KvResult& r, TimeP
   const bool current = !release_queue_.empty() && release_queue_.front().nonce == op.nonce &&
                        release_queue_.front().revision == op.expected;
   if (r.outcome == KvOutcome::ok) {
-    if (log_) log_->info("{} released key (revision {} -> delete marker {})", who(), op.expected, r.revision);
+    log_->info("{} released key (revision {} -> delete marker {})", who(), op.expected, r.revision);
     if (r.revision > newest_rev_) {
       newest_rev_ = r.revision;
       newest_rev_at_ = now;
@@ -446,9 +457,8 @@ void ElectionCore::on_erase_result(const PendingOp& op, const KvResult& r, TimeP
       erase_retry_at_ = now + backoff(erase_attempts_);
       return;
     }
-    if (log_)
-      log_->warn("{} could not release key (revision {}): {}; its lease runs out", who(), op.expected,
-                 to_string(r.outcome));
+    log_->warn("{} could not release key (revision {}): {}; its lease runs out", who(), op.expected,
+               to_string(r.outcome));
   }
   if (!current) return;
   release_queue_.pop_front();
@@ -465,9 +475,8 @@ void ElectionCore::on_op_timeout(OpId /*id*/, PendingOp& op, TimePoint now) {
   KvResult timeout;
   timeout.outcome = KvOutcome::timeout;
   timeout.message = "no answer within the call deadline";
-  if (log_)
-    log_->debug("{} {} timed out after {} ms", who(), to_string(op.kind),
-                std::chrono::duration_cast<std::chrono::milliseconds>(now - op.sent).count());
+  log_->debug("{} {} timed out after {} ms", who(), to_string(op.kind),
+              std::chrono::duration_cast<std::chrono::milliseconds>(now - op.sent).count());
   switch (op.kind) {
     case OpKind::create:
       create_op_.reset();
@@ -484,8 +493,9 @@ void ElectionCore::on_op_timeout(OpId /*id*/, PendingOp& op, TimePoint now) {
       break;
     case OpKind::get:
       read_op_.reset();
-      if (running_ && !lease_ && !acquire_at_ && !create_op_)
+      if (running_ && !lease_ && !acquire_at_ && !create_op_) {
         acquire_at_ = now + backoff(++acquire_failures_);
+      }
       break;
     case OpKind::erase: {
       erase_op_.reset();
@@ -496,7 +506,7 @@ void ElectionCore::on_op_timeout(OpId /*id*/, PendingOp& op, TimePoint now) {
         erase_retry_at_ = now + backoff(erase_attempts_);
         break;
       }
-      if (log_) log_->warn("{} release of revision {} timed out; its lease runs out", who(), op.expected);
+      log_->warn("{} release of revision {} timed out; its lease runs out", who(), op.expected);
       release_queue_.pop_front();
       erase_attempts_ = 0;
       if (!release_queue_.empty()) {
@@ -517,8 +527,7 @@ void ElectionCore::observe(const KvEntry& entry, TimePoint now, std::optional<Ti
     // the newer revision cannot be stale: the revisions went backwards
     // (bucket re-created, or writes lost on the server).
     if (!read_sent || *read_sent <= newest_rev_at_) return;
-    if (log_)
-      log_->error("{} revisions of the key went backwards: {} after {}", who(), entry.revision, newest_rev_);
+    log_->error("{} revisions of the key went backwards: {} after {}", who(), entry.revision, newest_rev_);
     error(make_error_code(Errc::other),
           fmt::format("revisions of key \"{}\" in bucket \"{}\" went backwards: {} after {}", cfg_.role,
                       cfg_.bucket, entry.revision, newest_rev_));
@@ -568,7 +577,7 @@ void ElectionCore::observe(const KvEntry& entry, TimePoint now, std::optional<Ti
         const bool in_flight = std::any_of(ops_.begin(), ops_.end(), [&](const auto& p) {
           return p.second.kind == OpKind::create && p.second.nonce == record->nonce && !p.second.timed_out;
         });
-        if (log_ && !in_flight) {
+        if (!in_flight) {
           log_->info("{} a create whose answer was lost was applied (revision {}); adopting it", who(),
                      entry.revision);
         }
@@ -676,7 +685,7 @@ void ElectionCore::become_leader(std::uint64_t revision, const std::string& nonc
   next_renew_at_ = sent + cfg_.heartbeat_interval;
   last_renewal_ = sent;
   set_state(ElectionState::leading);
-  if (log_) log_->info("{} promoted: leader with token {}", who(), revision);
+  log_->info("{} promoted: leader with token {}", who(), revision);
   Notify n;
   n.kind = Notify::Kind::promote;
   n.token = revision;
@@ -687,13 +696,11 @@ void ElectionCore::become_leader(std::uint64_t revision, const std::string& nonc
 void ElectionCore::demote(DemoteReason reason, bool release, TimePoint now) {
   if (!lease_) return;
   const Lease old = *lease_;
-  if (log_) {
-    log_->warn("{} demoted: {} (lease {} ms {})", who(), leader::to_string(reason),
-               std::chrono::duration_cast<std::chrono::milliseconds>(old.deadline > now ? old.deadline - now
-                                                                                        : now - old.deadline)
-                   .count(),
-               old.deadline > now ? "left" : "past its deadline");
-  }
+  log_->warn("{} demoted: {} (lease {} ms {})", who(), leader::to_string(reason),
+             std::chrono::duration_cast<std::chrono::milliseconds>(old.deadline > now ? old.deadline - now
+                                                                                      : now - old.deadline)
+                 .count(),
+             old.deadline > now ? "left" : "past its deadline");
   lease_.reset();
   renew_op_.reset();
   remember_ended(old.nonce);
@@ -733,8 +740,9 @@ void ElectionCore::campaign_now(TimePoint now, bool with_jitter) {
 
 void ElectionCore::maybe_finish(TimePoint now) {
   if (!running_ || !stopping_) return;
-  if (now >= stop_deadline_ || (!demote_pending_ && release_queue_.empty() && !erase_op_ && !create_op_))
+  if (now >= stop_deadline_ || (!demote_pending_ && release_queue_.empty() && !erase_op_ && !create_op_)) {
     finish();
+  }
 }
 
 void ElectionCore::finish() {
@@ -754,7 +762,7 @@ void ElectionCore::finish() {
   create_op_.reset();
   read_op_.reset();
   erase_op_.reset();
-  if (log_) log_->info("{} stopped", who());
+  log_->info("{} stopped", who());
   actions_.emplace_back(Finished{});
 }
 
@@ -799,7 +807,7 @@ std::string ElectionCore::make_record(const std::string& nonce, std::uint64_t te
 }
 
 void ElectionCore::error(std::error_code code, std::string message) {
-  if (log_) log_->warn("{} {}", who(), message);
+  log_->warn("{} {}", who(), message);
   last_error_ = ErrorInfo{code, message};
   Notify n;
   n.kind = Notify::Kind::error;

@@ -61,8 +61,9 @@ std::optional<Record> decode_record(const std::string& value) noexcept {
     Record r;
     const auto holder = j.find("holder");
     const auto nonce = j.find("nonce");
-    if (holder == j.end() || !holder->is_string() || nonce == j.end() || !nonce->is_string())
+    if (holder == j.end() || !holder->is_string() || nonce == j.end() || !nonce->is_string()) {
       return std::nullopt;
+    }
     r.holder = holder->get<std::string>();
     r.nonce = nonce->get<std::string>();
     if (r.holder.empty() || r.nonce.empty()) return std::nullopt;
@@ -83,10 +84,12 @@ std::optional<Record> decode_record(const std::string& value) noexcept {
         r.metadata.emplace(k, v.get<std::string>());
       }
     }
-    if (const auto a = j.find("acquired_at"); a != j.end() && a->is_string())
+    if (const auto a = j.find("acquired_at"); a != j.end() && a->is_string()) {
       r.acquired_at = a->get<std::string>();
-    if (const auto a = j.find("renewed_at"); a != j.end() && a->is_string())
+    }
+    if (const auto a = j.find("renewed_at"); a != j.end() && a->is_string()) {
       r.renewed_at = a->get<std::string>();
+    }
     return r;
   } catch (...) {
     return std::nullopt;

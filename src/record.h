@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -19,7 +20,7 @@ struct Record {
 };
 
 /// Largest value `decode_record` looks at; anything larger is garbage.
-inline constexpr std::size_t kMaxRecordBytes = 64 * 1024;
+inline constexpr std::size_t kMaxRecordBytes = std::size_t{64} * 1024;
 
 std::string encode_record(const Record& record);
 /// nullopt for anything that is not a well-formed record (garbage, wrong
