@@ -115,8 +115,11 @@ void ElectionDriver::execute(Action& action) {
 }
 
 void ElectionDriver::run_call(const KvCall& call) {
-  auto deliver = [weak = weak_from_this(), runtime = runtime_, id = call.id](KvResult r) {
-    runtime->loop().post([weak, id, r = std::move(r)] {
+  auto deliver = [weak = weak_from_this(), runtime = std::weak_ptr<Runtime>(runtime_),
+                  id = call.id](KvResult r) {
+    auto rt = runtime.lock();
+    if (!rt) return;
+    rt->loop().post([weak, id, r = std::move(r)] {
       if (auto self = weak.lock()) {
         self->step([self = self.get(), id, &r](TimePoint now) { self->core_.on_kv_result(id, r, now); });
       }
@@ -154,37 +157,41 @@ void ElectionDriver::start_watch() {
   const std::uint64_t generation = ++watch_generation_;
   if (!store_) return;
   // Events reach the core only while their watch is the current one.
-  auto to_loop = [weak = weak_from_this(), runtime = runtime_, generation](WatchEvent ev) {
-    runtime->loop().post([weak, generation, ev = std::move(ev)] {
+  auto to_loop = [weak = weak_from_this(), runtime = std::weak_ptr<Runtime>(runtime_),
+                  generation](WatchEvent ev) {
+    auto rt = runtime.lock();
+    if (!rt) return;
+    rt->loop().post([weak, generation, ev = std::move(ev)] {
       auto self = weak.lock();
       if (!self || self->watch_generation_ != generation) return;
       self->step([self = self.get(), &ev](TimePoint now) { self->core_.on_watch(ev, now); });
     });
   };
   // Creating a watch blocks (a subscription round trip): not on the loop.
-  runtime_->io().post(
-      [weak = weak_from_this(), runtime = runtime_, store = store_, key = config_.role, generation, to_loop] {
-        KvResult error;
-        std::unique_ptr<Watch> watch = store->watch(key, to_loop, &error);
-        if (!watch) {
-          WatchEvent ev;
-          ev.kind = WatchEvent::Kind::error;
-          ev.error = error.outcome;
-          ev.message = error.message.empty() ? "watch could not be created" : error.message;
-          to_loop(std::move(ev));
-          return;
-        }
-        runtime->loop().post(
-            [weak, runtime, generation, watch = std::shared_ptr<Watch>(std::move(watch))]() mutable {
-              auto self = weak.lock();
-              if (self && self->watch_generation_ == generation) {
-                self->watch_ = std::move(watch);
-                return;
-              }
-              // Stopped or replaced meanwhile: this watch is not wanted.
-              runtime->io().post([w = std::move(watch)]() mutable { w.reset(); });
-            });
-      });
+  runtime_->io().post([weak = weak_from_this(), runtime = std::weak_ptr<Runtime>(runtime_), store = store_,
+                       key = config_.role, generation, to_loop] {
+    KvResult error;
+    std::unique_ptr<Watch> watch = store->watch(key, to_loop, &error);
+    if (!watch) {
+      WatchEvent ev;
+      ev.kind = WatchEvent::Kind::error;
+      ev.error = error.outcome;
+      ev.message = error.message.empty() ? "watch could not be created" : error.message;
+      to_loop(std::move(ev));
+      return;
+    }
+    auto rt = runtime.lock();
+    if (!rt) return;  // the runtime is gone: the watch dies here
+    rt->loop().post([weak, runtime, generation, watch = std::shared_ptr<Watch>(std::move(watch))]() mutable {
+      auto self = weak.lock();
+      if (self && self->watch_generation_ == generation) {
+        self->watch_ = std::move(watch);
+        return;
+      }
+      // Stopped or replaced meanwhile: this watch is not wanted.
+      if (auto owner = runtime.lock()) owner->io().post([w = std::move(watch)]() mutable { w.reset(); });
+    });
+  });
 }
 
 void ElectionDriver::stop_watch() {
@@ -206,10 +213,12 @@ void ElectionDriver::notify(const Notify& n) {
     }
     case Notify::Kind::demote:
       callback_thread_.post([cb = callbacks_.on_demote, reason = n.reason, log = log_, who,
-                             weak = weak_from_this(), runtime = runtime_] {
+                             weak = weak_from_this(), runtime = std::weak_ptr<Runtime>(runtime_)] {
         if (cb) guarded(log, "on_demote", who, [&] { cb(reason); });
         // Only now may the key be released: the leader's work has stopped.
-        runtime->loop().post([weak] {
+        auto rt = runtime.lock();
+        if (!rt) return;
+        rt->loop().post([weak] {
           if (auto self = weak.lock()) {
             self->step([self = self.get()](TimePoint now) { self->core_.on_demote_returned(now); });
           }
@@ -257,14 +266,17 @@ void ElectionDriver::start() {
   }
   if (!state_subscribed_) {
     state_subscribed_ = true;
-    state_listener_ = connection_->backend()->subscribe_state([weak = weak_from_this(),
-                                                               runtime = runtime_](ConnectionState state) {
-      runtime->loop().post([weak, state] {
-        if (auto self = weak.lock()) {
-          self->step([self = self.get(), state](TimePoint now) { self->core_.on_connection(state, now); });
-        }
-      });
-    });
+    state_listener_ = connection_->backend()->subscribe_state(
+        [weak = weak_from_this(), runtime = std::weak_ptr<Runtime>(runtime_)](ConnectionState state) {
+          auto rt = runtime.lock();
+          if (!rt) return;
+          rt->loop().post([weak, state] {
+            if (auto self = weak.lock()) {
+              self->step(
+                  [self = self.get(), state](TimePoint now) { self->core_.on_connection(state, now); });
+            }
+          });
+        });
   }
   {
     std::lock_guard<std::mutex> lock(mu_);

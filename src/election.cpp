@@ -1,5 +1,7 @@
 #include "leader/election.h"
 
+#include <thread>
+
 #include "driver.h"
 #include "leader/error.h"
 
@@ -19,15 +21,29 @@ Election::Election(std::shared_ptr<Connection> connection, Config config, Callba
                                                      std::move(callbacks));
 }
 
-Election::~Election() {
-  if (driver_) driver_->shutdown();
+namespace {
+
+// The loop thread briefly holds a driver while it runs one of its events.
+// Waiting for those to end lets the driver (and maybe its connection, with
+// the threads) die here, on the owner's thread, rather than on a thread of
+// the runtime it would have to join.
+void release(std::shared_ptr<detail::ElectionDriver>& driver) noexcept {
+  if (!driver) return;
+  driver->shutdown();
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (driver.use_count() > 1 && std::chrono::steady_clock::now() < give_up) std::this_thread::yield();
+  driver.reset();
 }
+
+}  // namespace
+
+Election::~Election() { release(driver_); }
 
 Election::Election(Election&&) noexcept = default;
 
 Election& Election::operator=(Election&& other) noexcept {
   if (this != &other) {
-    if (driver_) driver_->shutdown();
+    release(driver_);
     driver_ = std::move(other.driver_);
   }
   return *this;

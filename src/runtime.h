@@ -69,6 +69,10 @@ class ThreadPool {
 };
 
 /// What a connection owns to drive its elections.
+/// What a connection owns to drive its elections. Tasks and handlers hold
+/// it only weakly, so it dies with its connection on the owner's thread.
+/// The I/O pool goes first (its in-flight calls finish, their results find
+/// the runtime gone and are dropped), then the loop.
 class Runtime {
  public:
   explicit Runtime(int io_threads) : io_(io_threads) {}
@@ -76,8 +80,8 @@ class Runtime {
   ThreadPool& io() noexcept { return io_; }
 
  private:
-  ThreadPool io_;
   Loop loop_;
+  ThreadPool io_;
 };
 
 }  // namespace leader::detail
