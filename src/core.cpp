@@ -108,6 +108,7 @@ void ElectionCore::on_tick(TimePoint now) {
   // buffer and land later, stale; the reconnect triggers a read instead.
   if (acquire_at_ && now >= *acquire_at_ && !create_op_ && connection_ == ConnectionState::connected) {
     if (can_campaign(now)) {
+      if (!gone_since_ && known_ && known_->op == EntryOp::put) gone_since_ = known_->first_seen + cfg_.ttl;
       send_create(now);
     } else if (!lease_ && !read_op_) {
       // Not allowed to campaign (cooling down): just learn the state.
@@ -206,6 +207,7 @@ void ElectionCore::on_watch(const WatchEvent& event, TimePoint now) {
 void ElectionCore::on_connection(ConnectionState state, TimePoint now) {
   if (state == connection_) return;
   connection_ = state;
+  metrics_->connection(state);
   log_->info("{} connection {}", who(), leader::to_string(state));
   if (state == ConnectionState::connected && running_ && !lease_) send_read(now);
 }
@@ -323,6 +325,7 @@ void ElectionCore::on_create_result(const PendingOp& op, const KvResult& r, Time
   switch (r.outcome) {
     case KvOutcome::ok: {
       unresolved_creates_.erase(op.nonce);
+      if (!op.timed_out) metrics_->acquire_attempt("won");
       // Already adopted when the watch showed this create before its ack
       // (and maybe already ended: its release was decided then).
       if ((lease_ && lease_->nonce == op.nonce) || is_ended(op.nonce)) return;
@@ -344,6 +347,7 @@ void ElectionCore::on_create_result(const PendingOp& op, const KvResult& r, Time
     case KvOutcome::conflict:
       unresolved_creates_.erase(op.nonce);
       acquire_failures_ = 0;
+      if (!op.timed_out) metrics_->acquire_attempt("held");
       if (r.entry) {
         observe(*r.entry, now, op.sent);
       } else {
@@ -354,10 +358,12 @@ void ElectionCore::on_create_result(const PendingOp& op, const KvResult& r, Time
     case KvOutcome::permission_denied:
       // Definitely not applied.
       unresolved_creates_.erase(op.nonce);
+      if (!op.timed_out) metrics_->acquire_attempt("error");
       break;
     default:
       // timeout / disconnected / other: it may still be applied; the nonce
       // stays remembered so we recognise it when we see it.
+      if (!op.timed_out) metrics_->acquire_attempt("unknown");
       break;
   }
   if (r.outcome == KvOutcome::permission_denied || r.outcome == KvOutcome::other ||
@@ -392,6 +398,7 @@ void ElectionCore::on_renew_result(const PendingOp& op, const KvResult& r, TimeP
       }
       lease_->confirmed_at = now;
       if (!op.timed_out) {
+        metrics_->heartbeat(now - op.sent);
         renew_failures_ = 0;
         next_renew_at_ = op.sent + cfg_.heartbeat_interval;
       }
@@ -403,6 +410,7 @@ void ElectionCore::on_renew_result(const PendingOp& op, const KvResult& r, TimeP
     return;
   }
   if (!ours) return;
+  if (!op.timed_out) metrics_->heartbeat_failure(to_string(r.outcome));
   if (r.outcome == KvOutcome::conflict) {
     // Someone else may hold the key, or a timed-out renewal of ours was
     // applied: a leader-routed read decides (observe()).
@@ -480,11 +488,13 @@ void ElectionCore::on_op_timeout(OpId /*id*/, PendingOp& op, TimePoint now) {
   switch (op.kind) {
     case OpKind::create:
       create_op_.reset();
+      metrics_->acquire_attempt("unknown");
       if (running_ && !lease_) acquire_at_ = now + backoff(++acquire_failures_);
       break;
     case OpKind::update:
       renew_op_.reset();
       if (lease_ && op.nonce == lease_->nonce) {
+        metrics_->heartbeat_failure("timeout");
         ++renew_failures_;
         next_renew_at_ =
             now + std::max<Duration>(std::min(backoff(renew_failures_), (lease_->deadline - now) / 2),
@@ -528,6 +538,7 @@ void ElectionCore::observe(const KvEntry& entry, TimePoint now, std::optional<Ti
     // (bucket re-created, or writes lost on the server).
     if (!read_sent || *read_sent <= newest_rev_at_) return;
     log_->error("{} revisions of the key went backwards: {} after {}", who(), entry.revision, newest_rev_);
+    metrics_->revision_regression();
     error(make_error_code(Errc::other),
           fmt::format("revisions of key \"{}\" in bucket \"{}\" went backwards: {} after {}", cfg_.role,
                       cfg_.bucket, entry.revision, newest_rev_));
@@ -618,6 +629,7 @@ void ElectionCore::follow(const KvEntry& entry, const std::optional<Record>& rec
     k.first_seen = now;
     known_ = k;
     expiry_retries_ = 0;
+    gone_since_.reset();
   }
   report_leader(info);
   if (state_ == ElectionState::campaigning) set_state(ElectionState::following);
@@ -637,6 +649,7 @@ void ElectionCore::follow(const KvEntry& entry, const std::optional<Record>& rec
 }
 
 void ElectionCore::no_leader(TimePoint now) {
+  if (!gone_since_) gone_since_ = now;
   report_leader(std::nullopt);
   if (state_ == ElectionState::following) set_state(ElectionState::campaigning);
   if (can_campaign(now) && !create_op_) acquire_at_ = now + jitter();
@@ -664,6 +677,7 @@ void ElectionCore::become_leader(std::uint64_t revision, const std::string& nonc
   l.deadline = sent + cfg_.ttl - cfg_.safety_margin;
   l.last_send = sent;
   l.confirmed_at = now;
+  l.promoted_at = now;
   lease_ = l;
   if (revision > newest_rev_) {
     newest_rev_ = revision;
@@ -686,6 +700,10 @@ void ElectionCore::become_leader(std::uint64_t revision, const std::string& nonc
   last_renewal_ = sent;
   set_state(ElectionState::leading);
   log_->info("{} promoted: leader with token {}", who(), revision);
+  std::optional<Duration> failover;
+  if (gone_since_ && *gone_since_ <= now) failover = now - *gone_since_;
+  gone_since_.reset();
+  metrics_->promoted(revision, failover);
   Notify n;
   n.kind = Notify::Kind::promote;
   n.token = revision;
@@ -701,6 +719,7 @@ void ElectionCore::demote(DemoteReason reason, bool release, TimePoint now) {
                                                                                       : now - old.deadline)
                  .count(),
              old.deadline > now ? "left" : "past its deadline");
+  metrics_->demoted(reason, now >= old.promoted_at ? now - old.promoted_at : Duration(0));
   lease_.reset();
   renew_op_.reset();
   remember_ended(old.nonce);

@@ -20,6 +20,7 @@
 #include "kv.h"
 #include "leader/config.h"
 #include "leader/types.h"
+#include "metrics_sink.h"
 #include "record.h"
 
 namespace spdlog {
@@ -70,6 +71,9 @@ class ElectionCore {
   ElectionCore(Config config, std::uint64_t seed, std::shared_ptr<spdlog::logger> logger);
   ~ElectionCore();
 
+  /// Where metrics go (default: nowhere). Must outlive the core.
+  void set_metrics(ElectionMetrics* metrics) noexcept { metrics_ = metrics ? metrics : &null_metrics(); }
+
   // Events.
   void start(TimePoint now);
   void on_tick(TimePoint now);
@@ -103,6 +107,7 @@ class ElectionCore {
     TimePoint deadline{};
     TimePoint last_send{};
     TimePoint confirmed_at{};  // when we last learned the key was ours
+    TimePoint promoted_at{};
   };
   struct Known {  // newest message of the key we have seen
     std::uint64_t revision = 0;
@@ -170,6 +175,7 @@ class ElectionCore {
   Config cfg_;
   std::mt19937_64 rng_;
   std::shared_ptr<spdlog::logger> log_;
+  ElectionMetrics* metrics_ = &null_metrics();
   std::vector<Action> actions_;
 
   bool running_ = false;
@@ -197,6 +203,7 @@ class ElectionCore {
   int acquire_failures_ = 0;
   int expiry_retries_ = 0;
   std::optional<LeaderInfo> reported_leader_;
+  std::optional<TimePoint> gone_since_;  // when the last holder was known gone (failover metric)
   bool leader_reported_ = false;
 
   // In-flight work.

@@ -18,27 +18,37 @@ std::uint64_t make_seed(const std::string& instance) {
          static_cast<std::uint64_t>(SteadyClock::now().time_since_epoch().count());
 }
 
-// Runs a user callback; an exception is logged, never propagated.
+// Runs a user callback, timed; an exception is logged and counted, never
+// propagated.
 template <typename F>
-void guarded(const std::shared_ptr<spdlog::logger>& log, const char* name, const std::string& who, F&& f) {
+void guarded(const std::shared_ptr<spdlog::logger>& log, ElectionMetrics& metrics, const char* name,
+             const std::string& who, F&& f) {
+  const auto start = SteadyClock::now();
+  bool threw = true;
   try {
     f();
+    threw = false;
   } catch (const std::exception& e) {
-    if (log) log->error("{} callback {} threw: {}", who, name, e.what());
+    log->error("{} callback {} threw: {}", who, name, e.what());
   } catch (...) {
-    if (log) log->error("{} callback {} threw a non-standard exception", who, name);
+    log->error("{} callback {} threw a non-standard exception", who, name);
   }
+  metrics.callback(name, SteadyClock::now() - start, threw);
 }
 
 }  // namespace
 
-ElectionDriver::ElectionDriver(std::shared_ptr<Connection> connection, Config config, Callbacks callbacks)
+ElectionDriver::ElectionDriver(std::shared_ptr<Connection> connection, Config config, Callbacks callbacks,
+                               Telemetry telemetry, std::shared_ptr<ElectionMetrics> metrics)
     : connection_(std::move(connection)),
       runtime_(connection_->runtime()),
       config_(std::move(config)),
       callbacks_(std::move(callbacks)),
-      log_(default_logger()),
-      core_(config_, make_seed(config_.instance_id), log_) {}
+      log_(telemetry.logger ? std::move(telemetry.logger) : default_logger()),
+      metrics_(std::move(metrics)),
+      core_(config_, make_seed(config_.instance_id), log_) {
+  core_.set_metrics(metrics_.get());
+}
 
 ElectionDriver::~ElectionDriver() { shutdown(); }
 
@@ -66,6 +76,11 @@ void ElectionDriver::publish() {
   } else {
     lease_->term.store(0, std::memory_order_release);
     lease_->deadline_ns.store(0, std::memory_order_release);
+  }
+  if (metrics_) {
+    const auto now = SteadyClock::now();
+    metrics_->lease_remaining(term != 0 && core_.lease_deadline() > now ? core_.lease_deadline() - now
+                                                                        : Duration(0));
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -201,20 +216,27 @@ void ElectionDriver::stop_watch() {
   runtime_->io().post([watch = std::move(watch_)]() mutable { watch.reset(); });
 }
 
+std::shared_ptr<ElectionMetrics> ElectionDriver::metrics_or_null() const {
+  if (metrics_) return metrics_;
+  // A non-owning handle on the static no-op sink.
+  return std::shared_ptr<ElectionMetrics>(std::shared_ptr<ElectionMetrics>{}, &null_metrics());
+}
+
 void ElectionDriver::notify(const Notify& n) {
   const std::string who = fmt::format("role={} instance={}", config_.role, config_.instance_id);
   switch (n.kind) {
     case Notify::Kind::promote: {
       Term term(n.token, lease_);
-      callback_thread_.post([cb = callbacks_.on_promote, term, log = log_, who] {
-        if (cb) guarded(log, "on_promote", who, [&] { cb(term); });
+      callback_thread_.post([cb = callbacks_.on_promote, term, log = log_, metrics = metrics_or_null(), who] {
+        if (cb) guarded(log, *metrics, "on_promote", who, [&] { cb(term); });
       });
       break;
     }
     case Notify::Kind::demote:
-      callback_thread_.post([cb = callbacks_.on_demote, reason = n.reason, log = log_, who,
-                             weak = weak_from_this(), runtime = std::weak_ptr<Runtime>(runtime_)] {
-        if (cb) guarded(log, "on_demote", who, [&] { cb(reason); });
+      callback_thread_.post([cb = callbacks_.on_demote, reason = n.reason, log = log_,
+                             metrics = metrics_or_null(), who, weak = weak_from_this(),
+                             runtime = std::weak_ptr<Runtime>(runtime_)] {
+        if (cb) guarded(log, *metrics, "on_demote", who, [&] { cb(reason); });
         // Only now may the key be released: the leader's work has stopped.
         auto rt = runtime.lock();
         if (!rt) return;
@@ -226,14 +248,16 @@ void ElectionDriver::notify(const Notify& n) {
       });
       break;
     case Notify::Kind::leader_change:
-      callback_thread_.post([cb = callbacks_.on_leader_change, leader = n.leader, log = log_, who] {
-        if (cb) guarded(log, "on_leader_change", who, [&] { cb(leader); });
+      callback_thread_.post([cb = callbacks_.on_leader_change, leader = n.leader, log = log_,
+                             metrics = metrics_or_null(), who] {
+        if (cb) guarded(log, *metrics, "on_leader_change", who, [&] { cb(leader); });
       });
       break;
     case Notify::Kind::error:
-      callback_thread_.post([cb = callbacks_.on_error, error = n.error, log = log_, who] {
-        if (cb) guarded(log, "on_error", who, [&] { cb(error); });
-      });
+      callback_thread_.post(
+          [cb = callbacks_.on_error, error = n.error, log = log_, metrics = metrics_or_null(), who] {
+            if (cb) guarded(log, *metrics, "on_error", who, [&] { cb(error); });
+          });
       break;
   }
 }

@@ -16,16 +16,20 @@
 #include "core.h"
 #include "kv.h"
 #include "leader/connection.h"
+#include "leader/telemetry.h"
 #include "leader/types.h"
 #include "lease_state.h"
+#include "metrics_sink.h"
 #include "runtime.h"
 
 namespace leader::detail {
 
 class ElectionDriver : public std::enable_shared_from_this<ElectionDriver> {
  public:
-  /// `config` must be validated and resolved.
-  ElectionDriver(std::shared_ptr<Connection> connection, Config config, Callbacks callbacks);
+  /// `config` must be validated and resolved. `metrics` (optional) must be
+  /// thread-safe: the loop and the callback thread report to it.
+  ElectionDriver(std::shared_ptr<Connection> connection, Config config, Callbacks callbacks,
+                 Telemetry telemetry = {}, std::shared_ptr<ElectionMetrics> metrics = nullptr);
   ~ElectionDriver();
 
   void start();
@@ -51,6 +55,7 @@ class ElectionDriver : public std::enable_shared_from_this<ElectionDriver> {
   void start_watch();
   void stop_watch();
   void notify(const Notify& n);
+  std::shared_ptr<ElectionMetrics> metrics_or_null() const;
   void publish();
   void rearm();
 
@@ -60,6 +65,7 @@ class ElectionDriver : public std::enable_shared_from_this<ElectionDriver> {
   const Callbacks callbacks_;
   const std::shared_ptr<LeaseState> lease_ = std::make_shared<LeaseState>();
   std::shared_ptr<spdlog::logger> log_;
+  std::shared_ptr<ElectionMetrics> metrics_;
   ThreadPool callback_thread_{1};
 
   // Loop thread only.

@@ -15,10 +15,11 @@ Config checked(Config config) {
 
 }  // namespace
 
-Election::Election(std::shared_ptr<Connection> connection, Config config, Callbacks callbacks) {
+Election::Election(std::shared_ptr<Connection> connection, Config config, Callbacks callbacks,
+                   Telemetry telemetry) {
   if (!connection) throw ConfigError("connection", "must not be null");
   driver_ = std::make_shared<detail::ElectionDriver>(std::move(connection), checked(std::move(config)),
-                                                     std::move(callbacks));
+                                                     std::move(callbacks), std::move(telemetry));
 }
 
 namespace {

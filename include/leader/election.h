@@ -8,6 +8,7 @@
 
 #include "leader/config.h"
 #include "leader/connection.h"
+#include "leader/telemetry.h"
 #include "leader/types.h"
 
 namespace leader {
@@ -24,7 +25,9 @@ class ElectionDriver;
 class Election {
  public:
   /// Validates `config` (throws `ConfigError`). Does not touch the network.
-  Election(std::shared_ptr<Connection> connection, Config config, Callbacks callbacks = {});
+  /// `telemetry`: where metrics and logs go (see telemetry.h).
+  Election(std::shared_ptr<Connection> connection, Config config, Callbacks callbacks = {},
+           Telemetry telemetry = {});
   ~Election();
   Election(Election&&) noexcept;
   Election& operator=(Election&&) noexcept;

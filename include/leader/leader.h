@@ -5,4 +5,5 @@
 #include "leader/connection.h"
 #include "leader/election.h"
 #include "leader/error.h"
+#include "leader/telemetry.h"
 #include "leader/types.h"
