@@ -22,6 +22,25 @@ std::shared_ptr<Connection> Connection::connect(const ConnectionOptions& options
   return std::make_shared<Connection>(std::move(backend), options.io_threads);
 }
 
+std::shared_ptr<Connection> Connection::adopt(void* nats_connection, const ConnectionOptions& options,
+                                              std::chrono::milliseconds state_poll) {
+  if (nats_connection == nullptr) {
+    throw ConfigError("nats_connection", "must not be null (pass the application's natsConnection*)");
+  }
+  if (options.io_threads < 1 || options.io_threads > 64) {
+    throw ConfigError("io_threads", std::to_string(options.io_threads) + " must be between 1 and 64");
+  }
+  if (state_poll.count() <= 0) {
+    throw ConfigError("state_poll", std::to_string(state_poll.count()) + "ms must be positive");
+  }
+  std::error_code ec;
+  std::string message;
+  auto backend = detail::make_adopted_nats_backend(static_cast<natsConnection*>(nats_connection), options,
+                                                   state_poll, &ec, &message);
+  if (!backend) throw Error(ec ? ec : make_error_code(Errc::other), message);
+  return std::make_shared<Connection>(std::move(backend), options.io_threads);
+}
+
 Connection::Connection(std::shared_ptr<detail::Backend> backend, int io_threads)
     : backend_(std::move(backend)), runtime_(std::make_shared<detail::Runtime>(io_threads)) {}
 

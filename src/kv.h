@@ -130,8 +130,11 @@ struct BucketSpec {
 /// Outcome of opening a bucket.
 struct OpenResult {
   std::shared_ptr<KvStore> store;  // set on success
-  std::error_code error;           // leader::Errc on failure
-  std::string message;             // actionable, names the bucket
+  /// Creation time of the bucket's stream (ms since the Unix epoch, server
+  /// clock): the fencing epoch. Changes when the bucket is re-created.
+  std::uint64_t epoch = 0;
+  std::error_code error;  // leader::Errc on failure
+  std::string message;    // actionable, names the bucket
 };
 
 /// A connection to a KV service: the nats.c adapter or the mock.
@@ -146,6 +149,10 @@ class Backend {
 
   /// Current connection state.
   virtual ConnectionState state() const noexcept = 0;
+
+  /// The client's ping interval when known (a hung server is noticed after
+  /// about two of them); 0 when unknown.
+  virtual std::chrono::milliseconds ping_interval() const noexcept { return std::chrono::milliseconds{0}; }
 
   /// Registers a listener for connection state changes; called from a
   /// backend thread, must be quick. Returns an id for `unsubscribe_state`.

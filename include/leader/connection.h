@@ -34,9 +34,12 @@ struct ConnectionOptions {
   int io_threads = 4;
 };
 
-/// A connection to NATS shared by any number of elections. Owns the
-/// client's disconnected / reconnected / closed callbacks and the threads
-/// that drive the elections on it. Create with `connect()`; keep the
+/// A connection to NATS shared by any number of elections, with the threads
+/// that drive them (one loop thread and `io_threads` for KV calls). Made by
+/// `connect()`, which creates the client connection and owns its
+/// disconnected / reconnected / closed callbacks (fanned out to every
+/// election), or by `adopt()`, which uses the application's connection and
+/// learns its state by polling, leaving its callbacks alone. Keep the
 /// `shared_ptr` for as long as an election uses it (elections hold one too).
 class Connection {
  public:
@@ -44,6 +47,16 @@ class Connection {
   /// cannot be reached within `connect_timeout`, or `ConfigError` for bad
   /// options.
   static std::shared_ptr<Connection> connect(const ConnectionOptions& options);
+
+  /// Uses a connection the application already has (a `natsConnection*`
+  /// from nats.c, passed as `void*` so this header needs no nats.h). The
+  /// library does not take over its callbacks: it learns the connection
+  /// state by polling it every `state_poll` and never closes or destroys
+  /// it; the application must keep it open until every election on it is
+  /// destroyed. `options.io_threads` is used; the other options are not.
+  static std::shared_ptr<Connection> adopt(void* nats_connection, const ConnectionOptions& options = {},
+                                           std::chrono::milliseconds state_poll = std::chrono::milliseconds{
+                                               50});
 
   /// For the library and its tests: wraps a backend; `io_threads` as in
   /// `ConnectionOptions`.

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "nats/nats_internal.h"
+#include "redact.h"
 
 namespace leader::detail {
 namespace nats {
@@ -193,24 +194,58 @@ void Events::fail_all(KvOutcome outcome, const std::string& message) {
   }
 }
 
-void Events::on_disconnected(natsConnection*, void* closure) {
-  static_cast<Events*>(closure)->notify(ConnectionState::disconnected);
-}
+void Events::disconnected() { notify(ConnectionState::disconnected); }
 
-void Events::on_reconnected(natsConnection*, void* closure) {
-  auto* self = static_cast<Events*>(closure);
+void Events::reconnected() {
   // Messages may have been lost while disconnected, and a restarted server
   // may have lost the watch's ephemeral consumer: every watch is recreated.
-  self->fail_all(KvOutcome::disconnected,
-                 "the connection to " + self->url_ + " was lost and re-established; recreate the watch");
-  self->notify(ConnectionState::connected);
+  fail_all(KvOutcome::disconnected,
+           "the connection to " + url_ + " was lost and re-established; recreate the watch");
+  notify(ConnectionState::connected);
 }
+
+void Events::close(const std::string& why) {
+  closed_.store(true);
+  fail_all(KvOutcome::closed, why);
+  notify(ConnectionState::closed);
+}
+
+void Events::check_subscriptions() {
+  std::vector<std::pair<std::shared_ptr<WatchCore>, std::string>> failed;
+  {
+    // Under mu_: a NatsWatch removes itself before destroying its
+    // subscription, so every `sub` here is still alive.
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& entry : watches_) {
+      natsSubscription* sub = entry.second.sub;
+      if (sub == nullptr) continue;
+      std::string why;
+      std::int64_t dropped = 0;
+      if (!natsSubscription_IsValid(sub)) {
+        why = "the subscription was closed";
+      } else if (natsSubscription_GetDropped(sub, &dropped) == NATS_OK && dropped > 0) {
+        why = "slow consumer: " + std::to_string(dropped) + " message(s) dropped";
+      } else {
+        continue;
+      }
+      if (auto core = entry.second.core.lock()) failed.emplace_back(std::move(core), std::move(why));
+    }
+  }
+  for (const auto& [core, why] : failed) {
+    core->fail(KvOutcome::other,
+               "watch of key \"" + core->key() + "\" in bucket \"" + core->bucket() + "\": " + why);
+  }
+}
+
+void Events::on_disconnected(natsConnection*, void* closure) {
+  static_cast<Events*>(closure)->disconnected();
+}
+
+void Events::on_reconnected(natsConnection*, void* closure) { static_cast<Events*>(closure)->reconnected(); }
 
 void Events::on_closed(natsConnection*, void* closure) {
   auto* self = static_cast<Events*>(closure);
-  self->closed_.store(true);
-  self->fail_all(KvOutcome::closed, "the connection to " + self->url_ + " is closed");
-  self->notify(ConnectionState::closed);
+  self->close("the connection to " + self->url_ + " is closed");
   self->release_self();  // nats.c runs no callback of this connection after this one
 }
 
@@ -296,7 +331,7 @@ void Deferred::run(const std::shared_ptr<State>& state) {
 Core::~Core() {
   deferred.shutdown();  // its tasks use the handles below
   if (js != nullptr) jsCtx_Destroy(js);
-  if (nc != nullptr) natsConnection_Destroy(nc);
+  if (nc != nullptr && owns_connection) natsConnection_Destroy(nc);
 }
 
 KvOutcome Core::gate() const noexcept {
@@ -315,7 +350,8 @@ KvOutcome Core::gate() const noexcept {
 
 std::string Core::server_url() const {
   char buf[512] = {0};
-  if (natsConnection_GetConnectedUrl(nc, buf, sizeof(buf)) == NATS_OK && buf[0] != '\0') return buf;
+  if (natsConnection_GetConnectedUrl(nc, buf, sizeof(buf)) == NATS_OK && buf[0] != '\0')
+    return redact_url(buf);
   return events->url();
 }
 
@@ -343,14 +379,132 @@ std::vector<std::string> split_urls(const std::string& text) {
 
 std::int64_t to_ms(std::chrono::milliseconds d) { return std::max<std::int64_t>(1, d.count()); }
 
+struct StatisticsDeleter {
+  void operator()(natsStatistics* p) const noexcept { natsStatistics_Destroy(p); }
+};
+using StatisticsPtr = std::unique_ptr<natsStatistics, StatisticsDeleter>;
+
+/// Learns the state of an adopted connection, whose callbacks belong to the
+/// application, by polling it on the core's Deferred thread (no thread of
+/// its own), and drives the core's Events as the callbacks would.
+///
+/// A reconnect is seen either as a poll that finds the connection down and
+/// a later one that finds it up, or, when both happened between two polls,
+/// as a change of the client's reconnect counter. The status is read before
+/// the counter: nats.c increments the counter before it marks the
+/// connection connected, under the same lock, so a poll that sees the
+/// connection up also sees the counter of that reconnect.
+class StatePoller : public std::enable_shared_from_this<StatePoller> {
+ public:
+  StatePoller(std::weak_ptr<Core> core, std::chrono::milliseconds every, StatisticsPtr stats)
+      : core_(std::move(core)), every_(every), stats_(std::move(stats)) {}
+
+  /// Takes the connection's current state as the baseline and schedules
+  /// the first poll.
+  void start(Core& core) {
+    phase_ = phase_of(natsConnection_Status(core.nc));
+    reconnects_ = reconnect_count(core.nc, 0);
+    schedule(core);
+  }
+
+  /// The backend is gone: the next poll tells the watches and listeners
+  /// that are left that the connection is closed for them, then polling
+  /// ends.
+  void detach() noexcept { detached_.store(true); }
+
+ private:
+  enum class Phase { up, down, closed };
+
+  static Phase phase_of(natsConnStatus status) noexcept {
+    switch (status) {
+      case NATS_CONN_STATUS_CONNECTED:
+      case NATS_CONN_STATUS_DRAINING_SUBS:
+      case NATS_CONN_STATUS_DRAINING_PUBS:
+        return Phase::up;
+      case NATS_CONN_STATUS_CLOSED:
+        return Phase::closed;
+      default:
+        return Phase::down;
+    }
+  }
+
+  std::uint64_t reconnect_count(natsConnection* nc, std::uint64_t fallback) const {
+    std::uint64_t count = fallback;
+    if (natsConnection_GetStats(nc, stats_.get()) != NATS_OK ||
+        natsStatistics_GetCounts(stats_.get(), nullptr, nullptr, nullptr, nullptr, &count) != NATS_OK) {
+      return fallback;
+    }
+    return count;
+  }
+
+  void schedule(Core& core) {
+    core.deferred.post([self = shared_from_this()] { self->poll(); }, every_);
+  }
+
+  void poll() {
+    // Strong for the whole poll: a watch handler or listener called below
+    // may drop what were the last other references.
+    auto core = core_.lock();
+    if (!core) return;
+    Events& events = *core->events;
+    if (detached_.load()) {
+      events.close("the leader::Connection that adopted the connection to " + events.url() +
+                   " was destroyed");
+      return;
+    }
+    const Phase now = phase_of(natsConnection_Status(core->nc));
+    if (now == Phase::closed) {
+      events.close("the application closed its connection to " + events.url());
+      return;
+    }
+    const std::uint64_t reconnects = reconnect_count(core->nc, reconnects_);
+    const bool reconnected_between_polls = reconnects != reconnects_;
+    reconnects_ = reconnects;
+    if (now == Phase::down) {
+      if (phase_ == Phase::up) events.disconnected();
+    } else if (phase_ == Phase::down) {
+      events.reconnected();
+    } else if (reconnected_between_polls) {
+      // Down and up again between two polls: the listeners hear both.
+      events.disconnected();
+      events.reconnected();
+    }
+    phase_ = now;
+    if (now == Phase::up) events.check_subscriptions();
+    schedule(*core);
+  }
+
+  const std::weak_ptr<Core> core_;
+  const std::chrono::milliseconds every_;
+  // Used by the Deferred thread only, after start().
+  StatisticsPtr stats_;
+  Phase phase_ = Phase::up;
+  std::uint64_t reconnects_ = 0;
+  std::atomic<bool> detached_{false};
+};
+
+/// The Backend over a connection the library created (`poller_` null) or
+/// adopted. Everything but the connection's lifetime and the source of its
+/// events is shared.
 class NatsBackend final : public Backend {
  public:
-  explicit NatsBackend(std::shared_ptr<Core> core) : core_(std::move(core)) {}
+  NatsBackend(std::shared_ptr<Core> core, std::shared_ptr<StatePoller> poller,
+              std::chrono::milliseconds ping_interval = std::chrono::milliseconds{0})
+      : core_(std::move(core)), poller_(std::move(poller)), ping_interval_(ping_interval) {}
+
+  std::chrono::milliseconds ping_interval() const noexcept override { return ping_interval_; }
 
   ~NatsBackend() override {
     // Stores and watches still alive keep the handles valid and see
-    // `closed` from now on.
-    natsConnection_Close(core_->nc);
+    // `closed` from now on; live watches get one error.
+    if (core_->owns_connection) {
+      natsConnection_Close(core_->nc);
+    } else {
+      // The application's connection stays open: the library just stops
+      // using it.
+      core_->events->mark_closed();
+      if (poller_) poller_->detach();
+    }
   }
 
   OpenResult open_bucket(const BucketSpec& spec, Duration timeout) override;
@@ -386,6 +540,8 @@ class NatsBackend final : public Backend {
   OpenResult check_existing(const BucketSpec& spec, const jsStreamInfo& info) const;
 
   std::shared_ptr<Core> core_;
+  std::shared_ptr<StatePoller> poller_;
+  std::chrono::milliseconds ping_interval_{0};
 };
 
 OpenResult NatsBackend::fail_call(const BucketSpec& spec, const char* what, const Failure& f) const {
@@ -425,6 +581,7 @@ OpenResult NatsBackend::check_existing(const BucketSpec& spec, const jsStreamInf
   }
   OpenResult r;
   r.store = make_store(core_, spec.name);
+  r.epoch = info.Created > 0 ? static_cast<std::uint64_t>(info.Created / 1000000) : 0;
   return r;
 }
 
@@ -482,9 +639,10 @@ OpenResult NatsBackend::open_bucket(const BucketSpec& spec, Duration timeout) {
     s = js_CreateKeyValue(&raw_kv, js.get(), &cfg);
     KvStorePtr kv(raw_kv);
     if (s == NATS_OK) {
-      OpenResult r;
-      r.store = make_store(core_, spec.name);
-      return r;
+      // The stream's creation time is the fencing epoch: read it back.
+      f = read_info(&info);
+      if (f.status == NATS_OK && info) return check_existing(spec, *info);
+      return fail_call(spec, "reading the new bucket's creation time for", f);
     }
     Failure created = capture(s);
     if (created.status == NATS_NO_RESPONDERS || created.status == NATS_TIMEOUT || ms_left(deadline) == 0) {
@@ -522,7 +680,8 @@ std::shared_ptr<Backend> make_nats_backend(const ConnectionOptions& options, std
     return nullptr;
   };
   try {
-    const std::string where = "\"" + options.url + "\"";
+    // Messages name the URL; credentials in it never leave this function.
+    const std::string where = "\"" + redact_url(options.url) + "\"";
     natsStatus s = open_library();
     if (s != NATS_OK) {
       return set_error(Errc::other,
@@ -536,7 +695,7 @@ std::shared_ptr<Backend> make_nats_backend(const ConnectionOptions& options, std
     natsOptions* raw_opts = nullptr;
     s = natsOptions_Create(&raw_opts);
     OptionsPtr opts(raw_opts);
-    auto events = std::make_shared<Events>(options.url);
+    auto events = std::make_shared<Events>(redact_url(options.url));
     std::vector<const char*> url_ptrs;
     for (const auto& u : urls) url_ptrs.push_back(u.c_str());
     if (s == NATS_OK)
@@ -562,11 +721,17 @@ std::shared_ptr<Backend> make_nats_backend(const ConnectionOptions& options, std
 
     auto core = std::make_shared<Core>();
     core->events = events;
+    // Held before the connect, so that no callback can find it gone, not
+    // even one that runs before natsConnection_Connect returns; released by
+    // the closed callback.
+    events->hold_self(events);
     s = natsConnection_Connect(&core->nc, opts.get());
     if (s != NATS_OK) {
       const auto f = capture(s);
-      // No callback runs for a connection that never connected.
+      // No callback runs for a connection that never connected (nats.c
+      // releases it without closing it).
       core->nc = nullptr;
+      events->release_self();
       Errc errc = Errc::other;
       std::string hint;
       switch (s) {
@@ -592,7 +757,6 @@ std::shared_ptr<Backend> make_nats_backend(const ConnectionOptions& options, std
       const std::string detail = f.text.empty() || f.text == status_text ? "" : " (" + f.text + ")";
       return set_error(errc, "cannot connect to NATS at " + where + ": " + status_text + detail + hint);
     }
-    events->hold_self(events);
 
     jsOptions jo;
     jsOptions_Init(&jo);
@@ -604,11 +768,70 @@ std::shared_ptr<Backend> make_nats_backend(const ConnectionOptions& options, std
       return set_error(Errc::other, "cannot create a JetStream context on " + where + ": " +
                                         describe(KvOutcome::other, f));
     }
-    return std::make_shared<NatsBackend>(std::move(core));
+    return std::make_shared<NatsBackend>(std::move(core), nullptr, options.ping_interval);
   } catch (const std::exception& e) {
     return set_error(Errc::other, std::string("cannot connect to NATS: ") + e.what());
   } catch (...) {
     return set_error(Errc::other, "cannot connect to NATS: unknown error");
+  }
+}
+
+std::shared_ptr<Backend> make_adopted_nats_backend(natsConnection* nc, const ConnectionOptions& /*options*/,
+                                                   std::chrono::milliseconds state_poll,
+                                                   std::error_code* error, std::string* message) {
+  using namespace nats;
+  auto set_error = [&](Errc errc, std::string text) -> std::shared_ptr<Backend> {
+    if (error != nullptr) *error = make_error_code(errc);
+    if (message != nullptr) *message = std::move(text);
+    return nullptr;
+  };
+  try {
+    if (nc == nullptr)
+      return set_error(Errc::other, "no NATS connection given to adopt (null natsConnection*)");
+    if (state_poll.count() <= 0) {
+      return set_error(Errc::other,
+                       "state_poll " + std::to_string(state_poll.count()) + "ms must be positive");
+    }
+    if (natsConnection_Status(nc) == NATS_CONN_STATUS_CLOSED) {
+      return set_error(Errc::closed,
+                       "cannot adopt a closed NATS connection (the application closed it, or it gave up "
+                       "reconnecting)");
+    }
+    char buf[512] = {0};
+    std::string url = "the application's NATS server";
+    if (natsConnection_GetConnectedUrl(nc, buf, sizeof(buf)) == NATS_OK && buf[0] != '\0') {
+      url = redact_url(buf);
+    }
+
+    natsStatistics* raw_stats = nullptr;
+    natsStatus s = natsStatistics_Create(&raw_stats);
+    StatisticsPtr stats(raw_stats);
+    if (s != NATS_OK) {
+      const auto f = capture(s);
+      return set_error(Errc::other,
+                       "cannot adopt the NATS connection to " + url + ": " + describe(KvOutcome::other, f));
+    }
+
+    auto core = std::make_shared<Core>();
+    core->nc = nc;
+    core->owns_connection = false;
+    core->events = std::make_shared<Events>(url);
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    s = natsConnection_JetStream(&core->js, nc, &jo);
+    if (s != NATS_OK) {
+      const auto f = capture(s);
+      core->js = nullptr;
+      return set_error(Errc::other, "cannot create a JetStream context on the adopted connection to " + url +
+                                        ": " + describe(KvOutcome::other, f));
+    }
+    auto poller = std::make_shared<StatePoller>(core, state_poll, std::move(stats));
+    poller->start(*core);
+    return std::make_shared<NatsBackend>(std::move(core), std::move(poller));
+  } catch (const std::exception& e) {
+    return set_error(Errc::other, std::string("cannot adopt the NATS connection: ") + e.what());
+  } catch (...) {
+    return set_error(Errc::other, "cannot adopt the NATS connection: unknown error");
   }
 }
 

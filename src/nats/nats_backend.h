@@ -33,13 +33,31 @@
 // `WatchEvent::Kind::error` (closed). The recommended order is watches, then
 // stores, then the backend; none of them may be destroyed from a watch
 // handler or a state listener other than the watch itself.
+//
+// Adopted connections (make_adopted_nats_backend) behave the same, except:
+// the application owns the connection and its callbacks, so the state
+// comes from polling (natsConnection_Status and the reconnect counter,
+// every `state_poll`, on the extra thread above, which then always runs):
+// listeners and watches learn of a change up to one poll later, and later
+// still while that thread runs a replay re-check (a read of at most 1 s).
+// Watches that dropped messages (slow consumer) fail at the next poll too;
+// missed heartbeats reach the application's error handler (if it has one),
+// never the watch. Whether watch handlers share a delivery pool or get a
+// thread per subscription is the application's connection option.
+// Destroying the backend leaves the connection open: stores that are left
+// return `closed` and live watches get one error (closed) at the next poll.
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <system_error>
 
 #include "kv.h"
 #include "leader/connection.h"
+
+// nats.c's connection, declared exactly as nats.h does (which only the
+// files under src/nats/ include).
+typedef struct __natsConnection natsConnection;
 
 namespace leader::detail {
 
@@ -55,5 +73,20 @@ namespace leader::detail {
 /// pointer may be null. Never throws.
 std::shared_ptr<Backend> make_nats_backend(const ConnectionOptions& options, std::error_code* error,
                                            std::string* message);
+
+/// Uses `nc`, a connection the application created and keeps: creates a
+/// JetStream context on it and learns its state by polling every
+/// `state_poll`. Installs and replaces no callback of the connection, and
+/// never closes or destroys it (the JetStream context keeps its memory
+/// valid until the backend, its stores and watches are gone, even if the
+/// application destroys it first; then they see `closed`). `options` is not
+/// used: the connection's settings are the application's.
+///
+/// Returns nullptr on failure and sets `*error` (`closed` for a closed
+/// connection, else `other`) and `*message`. Either pointer may be null.
+/// Never throws.
+std::shared_ptr<Backend> make_adopted_nats_backend(natsConnection* nc, const ConnectionOptions& options,
+                                                   std::chrono::milliseconds state_poll,
+                                                   std::error_code* error, std::string* message);
 
 }  // namespace leader::detail

@@ -91,12 +91,15 @@ std::string format_ttl(std::int64_t ns);
 
 class WatchCore;
 
-/// The closure of the connection's callbacks (state changes, async errors):
-/// listeners and the registry of live watches. It owns itself (`self`) from
-/// a successful connect until the closed callback ran, because nats.c may
-/// run that callback after natsConnection_Destroy returned.
+/// Connection events fanned out to every state listener and live watch.
+/// On a connection the library owns, this is the closure of the client's
+/// callbacks (state changes, async errors); it owns itself (`self`) from
+/// before the connect until the closed callback ran, because nats.c may run
+/// that callback after natsConnection_Destroy returned. On an adopted
+/// connection a StatePoller drives it instead.
 class Events {
  public:
+  /// `url`: for messages only, so already redacted (redact_url).
   explicit Events(std::string url) : url_(std::move(url)) {}
 
   std::uint64_t subscribe(std::function<void(ConnectionState)> listener);
@@ -113,6 +116,23 @@ class Events {
 
   bool closed() const noexcept { return closed_.load(); }
   const std::string& url() const noexcept { return url_; }
+
+  /// The connection was lost (not closed): tells every listener.
+  void disconnected();
+  /// The connection is back: fails every watch (messages may have been
+  /// lost, and a restarted server may have lost the watch's consumer), then
+  /// tells every listener `connected`.
+  void reconnected();
+  /// The connection is closed for good (`why` ends the watches' message):
+  /// calls see `closed` from now on, every watch fails, every listener
+  /// hears `closed`.
+  void close(const std::string& why);
+  /// Calls see `closed` from now on; watches and listeners hear of it only
+  /// from a later close().
+  void mark_closed() noexcept { closed_.store(true); }
+  /// Fails every watch whose subscription lost messages (slow consumer) or
+  /// was closed: what the error callback reports when the library owns it.
+  void check_subscriptions();
 
   void hold_self(std::shared_ptr<Events> self);
   void release_self();
@@ -183,7 +203,9 @@ class Deferred {
 };
 
 /// The nats.c connection and JetStream context shared by the backend, its
-/// stores and watches; destroyed with the last of them.
+/// stores and watches; destroyed with the last of them. The jsCtx holds a
+/// reference of its own on the connection, so `nc` stays valid memory while
+/// `js` lives, even after the application destroyed an adopted connection.
 struct Core {
   Core() = default;
   Core(const Core&) = delete;
@@ -191,6 +213,9 @@ struct Core {
   ~Core();
 
   natsConnection* nc = nullptr;
+  /// False for an adopted connection: the application closes and destroys
+  /// it, never the library.
+  bool owns_connection = true;
   jsCtx* js = nullptr;
   std::shared_ptr<Events> events;
   Deferred deferred;
@@ -199,7 +224,8 @@ struct Core {
   /// disconnected or closed, so that no request is queued into the
   /// reconnect buffer (it could be applied long after the call failed).
   KvOutcome gate() const noexcept;
-  /// The URL connected to, or the configured URL(s).
+  /// The URL connected to, or the configured URL(s), credentials redacted
+  /// (for messages).
   std::string server_url() const;
 };
 
