@@ -57,6 +57,9 @@ void check_role(const std::string& role) {
                         fmt::format("{} may contain only letters, digits and - / _ = .", quoted(role)));
     }
   }
+  if (role.rfind("_leader.", 0) == 0) {
+    throw ConfigError("role", fmt::format("{} must not start with \"_leader.\" (reserved)", quoted(role)));
+  }
   if (role.front() == '.' || role.back() == '.' || role.find("..") != std::string::npos) {
     throw ConfigError("role",
                       fmt::format("{} must not start or end with '.' or contain \"..\"", quoted(role)));
@@ -82,6 +85,13 @@ Config Config::resolved() const {
   if (c.safety_margin.count() == 0) c.safety_margin = std::max(milliseconds(1), c.ttl / 20);
   if (c.call_timeout.count() == 0) c.call_timeout = std::max(milliseconds(1), c.heartbeat_interval / 2);
   if (c.retry_max.count() == 0) c.retry_max = c.heartbeat_interval;
+  // Never past the lease deadline: a longer grace is clamped (the driver
+  // warns at start when it was).
+  if (c.disconnect_grace.count() == 0 || c.disconnect_grace > c.ttl - c.safety_margin) {
+    c.disconnect_grace = c.ttl - c.safety_margin;
+  }
+  if (c.health_timeout.count() == 0) c.health_timeout = std::max(milliseconds(1), c.heartbeat_interval / 2);
+  if (c.breaker_open.count() == 0) c.breaker_open = c.ttl;
   return c;
 }
 
@@ -125,6 +135,32 @@ void Config::validate() const {
   }
   if (c.start_timeout <= milliseconds(0)) {
     throw ConfigError("start_timeout", fmt::format("{} must be positive", show(c.start_timeout)));
+  }
+  if (disconnect_grace < milliseconds(0)) {
+    throw ConfigError("disconnect_grace", fmt::format("{} must not be negative", show(disconnect_grace)));
+  }
+  if (c.validation_interval < milliseconds(0) ||
+      (c.validation_interval.count() > 0 && c.validation_interval < milliseconds(10))) {
+    throw ConfigError("validation_interval",
+                      fmt::format("{} must be 0 (off) or at least 10ms", show(c.validation_interval)));
+  }
+  if (c.health_timeout <= milliseconds(0) || c.health_timeout > c.ttl) {
+    throw ConfigError("health_timeout",
+                      fmt::format("{} must be positive and at most ttl", show(c.health_timeout)));
+  }
+  if (c.max_health_failures < 1 || c.max_health_failures > 1000) {
+    throw ConfigError("max_health_failures",
+                      fmt::format("{} must be between 1 and 1000", c.max_health_failures));
+  }
+  if (c.breaker_threshold < 1 || c.breaker_threshold > 1000) {
+    throw ConfigError("breaker_threshold", fmt::format("{} must be between 1 and 1000", c.breaker_threshold));
+  }
+  if (c.breaker_open <= milliseconds(0) || c.breaker_open > std::chrono::hours(1)) {
+    throw ConfigError("breaker_open",
+                      fmt::format("{} must be positive and at most 1h", show(c.breaker_open)));
+  }
+  if (c.priority < -1000000 || c.priority > 1000000) {
+    throw ConfigError("priority", fmt::format("{} must be between -1000000 and 1000000", c.priority));
   }
   if (c.replicas < 1 || c.replicas > 5) {
     throw ConfigError("replicas", fmt::format("{} must be between 1 and 5", c.replicas));

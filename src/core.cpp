@@ -44,7 +44,10 @@ const char* to_string(OpKind k) noexcept {
 }
 
 ElectionCore::ElectionCore(Config config, std::uint64_t seed, std::shared_ptr<spdlog::logger> logger)
-    : cfg_(std::move(config)), rng_(seed), log_(logger ? std::move(logger) : silent_logger()) {}
+    : cfg_(std::move(config)),
+      rng_(seed),
+      log_(logger ? std::move(logger) : silent_logger()),
+      request_key_("_leader.handover." + cfg_.role) {}
 
 ElectionCore::~ElectionCore() = default;
 
@@ -93,14 +96,35 @@ void ElectionCore::on_tick(TimePoint now) {
       log_->warn("{} stop timeout: {}; the key is left to expire", who(),
                  demote_pending_ ? "on_demote has not returned" : "release not confirmed");
     }
-    finish();
+    finish(now);
     return;
   }
   if (lease_) {
     if (now >= lease_->deadline) {
       demote(DemoteReason::lease_expired, /*release=*/true, now);
-    } else if (!renew_op_ && now >= next_renew_at_) {
-      send_renew(now);
+    } else if (grace_deadline_ && now >= *grace_deadline_) {
+      demote(DemoteReason::disconnected, /*release=*/true, now);
+    } else {
+      if (!renew_op_ && (now >= next_renew_at_ || urgent_renew_)) {
+        urgent_renew_ = false;
+        send_renew(now);
+      }
+      if (cfg_.validation_interval.count() > 0 && now >= next_validation_at_ && !read_op_) {
+        next_validation_at_ = now + cfg_.validation_interval;
+        send_read(now);
+      }
+    }
+  }
+  if (health_enabled_ && !observe_only_) {
+    if (health_deadline_ && now >= *health_deadline_) {
+      health_deadline_.reset();
+      log_->warn("{} health check did not answer within {} ms", who(), cfg_.health_timeout.count());
+      health_result(false, now);
+    }
+    if (!health_deadline_ && now >= next_health_at_) {
+      health_deadline_ = now + cfg_.health_timeout;
+      next_health_at_ = now + cfg_.heartbeat_interval;
+      actions_.emplace_back(HealthCheck{++health_id_});
     }
   }
   if (state_ == ElectionState::cooling_down && now >= cooldown_until_) campaign_now(now, /*jitter=*/false);
@@ -122,7 +146,27 @@ void ElectionCore::on_tick(TimePoint now) {
     watch_active_ = true;
     actions_.emplace_back(WatchControl{true});
   }
+  ensure_progress(now);
   maybe_finish(now);
+}
+
+void ElectionCore::ensure_progress(TimePoint now) {
+  // Liveness: a running core that does not lead always has a create in
+  // flight or an acquire timer armed (which also serves as the slow poll).
+  // Without it an answer that turned out stale could leave it waiting for
+  // an event that never comes.
+  if (!running_ || stopping_ || lease_ || create_op_ || acquire_at_ || demote_pending_ ||
+      pending_promotion_ || state_ == ElectionState::releasing) {
+    return;
+  }
+  if (known_ && known_->op == EntryOp::put) {
+    const TimePoint expiry = known_->first_seen + cfg_.ttl;
+    acquire_at_ = expiry > now ? expiry : now + backoff(++acquire_failures_);
+  } else if (can_campaign(now)) {
+    acquire_at_ = std::max(now + jitter(), not_before_);
+  } else {
+    acquire_at_ = now + cfg_.ttl;
+  }
 }
 
 std::optional<TimePoint> ElectionCore::next_wakeup() const {
@@ -137,8 +181,11 @@ std::optional<TimePoint> ElectionCore::next_wakeup() const {
   if (stopping_) consider(stop_deadline_);
   if (lease_) {
     consider(lease_->deadline);
-    if (!renew_op_) consider(next_renew_at_);
+    if (grace_deadline_) consider(*grace_deadline_);
+    if (!renew_op_) consider(urgent_renew_ ? TimePoint{} : next_renew_at_);
+    if (cfg_.validation_interval.count() > 0 && !read_op_) consider(next_validation_at_);
   }
+  if (health_enabled_ && !observe_only_) consider(health_deadline_ ? *health_deadline_ : next_health_at_);
   if (state_ == ElectionState::cooling_down) consider(cooldown_until_);
   if (acquire_at_ && !create_op_ && !lease_ && connection_ == ConnectionState::connected &&
       (!read_op_ || can_campaign(*acquire_at_))) {
@@ -161,9 +208,30 @@ void ElectionCore::on_kv_result(OpId id, const KvResult& result, TimePoint now) 
   clear(renew_op_);
   clear(read_op_);
   clear(erase_op_);
+  clear(request_op_);
+  clear(request_read_op_);
+  struct Progress {  // runs ensure_progress() however the handler returns
+    ElectionCore* core;
+    TimePoint now;
+    ~Progress() { core->ensure_progress(now); }
+  } progress{this, now};
   if (!result.ok()) {
     log_->debug("{} {} -> {}{}{}", who(), to_string(op.kind), to_string(result.outcome),
                 op.timed_out ? " (late)" : "", result.message.empty() ? "" : ": " + result.message);
+  }
+  switch (op.purpose) {
+    case Purpose::release:
+      on_erase_result(op, result, now);
+      maybe_finish(now);
+      return;
+    case Purpose::request:
+      on_request_result(op, result, now);
+      return;
+    case Purpose::request_read:
+      on_request_read(result, now);
+      return;
+    case Purpose::normal:
+      break;
   }
   switch (op.kind) {
     case OpKind::create:
@@ -201,6 +269,7 @@ void ElectionCore::on_watch(const WatchEvent& event, TimePoint now) {
       if (!lease_) send_read(now);
       break;
   }
+  ensure_progress(now);
   maybe_finish(now);
 }
 
@@ -209,7 +278,23 @@ void ElectionCore::on_connection(ConnectionState state, TimePoint now) {
   connection_ = state;
   metrics_->connection(state);
   log_->info("{} connection {}", who(), leader::to_string(state));
-  if (state == ConnectionState::connected && running_ && !lease_) send_read(now);
+  if (state != ConnectionState::connected) {
+    if (lease_ && !grace_deadline_) {
+      grace_deadline_ = now + cfg_.disconnect_grace;
+      log_->warn("{} disconnected: keeping the role for at most {} ms", who(),
+                 std::chrono::duration_cast<std::chrono::milliseconds>(lease_deadline() - now).count());
+    }
+    return;
+  }
+  grace_deadline_.reset();
+  if (!running_) return;
+  if (lease_) {
+    // Verify the key before going on: a leader-routed read (observe()
+    // demotes unless it is still ours) and a renewal right away.
+    log_->info("{} reconnected: verifying the key", who());
+    next_renew_at_ = now;
+  }
+  send_read(now);
 }
 
 void ElectionCore::on_demote_returned(TimePoint now) {
@@ -250,8 +335,15 @@ void ElectionCore::request_step_down(Duration cooldown, TimePoint now) {
 
 OpId ElectionCore::send(OpKind kind, std::string value, std::optional<std::uint64_t> expected,
                         std::string nonce, TimePoint now, TimePoint deadline) {
+  return send_on({}, Purpose::normal, kind, std::move(value), expected, std::move(nonce), now, deadline);
+}
+
+OpId ElectionCore::send_on(const std::string& key, Purpose purpose, OpKind kind, std::string value,
+                           std::optional<std::uint64_t> expected, std::string nonce, TimePoint now,
+                           TimePoint deadline) {
   const OpId id = next_op_++;
   PendingOp op;
+  op.purpose = purpose;
   op.kind = kind;
   op.sent = now;
   op.deadline = deadline;
@@ -274,6 +366,7 @@ OpId ElectionCore::send(OpKind kind, std::string value, std::optional<std::uint6
   call.value = std::move(value);
   call.expected = expected;
   call.timeout = std::max<Duration>(deadline - now, std::chrono::milliseconds(1));
+  call.key = key;
   actions_.emplace_back(std::move(call));
   return id;
 }
@@ -297,11 +390,16 @@ void ElectionCore::send_renew(TimePoint now) {
   const TimePoint deadline = std::min(now + cfg_.call_timeout, lease_->deadline);
   renew_op_ = send(OpKind::update, make_record(lease_->nonce, lease_->term, lease_->acquired_at),
                    lease_->revision, lease_->nonce, now, deadline);
+  if (cfg_.priority_handover && !request_read_op_) {
+    request_read_op_ = send_on(request_key_, Purpose::request_read, OpKind::get, {}, std::nullopt, {}, now,
+                               now + cfg_.call_timeout);
+  }
 }
 
 void ElectionCore::send_read(TimePoint now) {
   if (read_op_) return;
-  read_op_ = send(OpKind::get, {}, std::nullopt, {}, now, now + cfg_.call_timeout);
+  read_op_ = send(OpKind::get, {}, std::nullopt, lease_ ? lease_->nonce : std::string(), now,
+                  now + cfg_.call_timeout);
 }
 
 void ElectionCore::queue_release(const std::string& nonce, std::uint64_t revision, TimePoint now) {
@@ -309,14 +407,20 @@ void ElectionCore::queue_release(const std::string& nonce, std::uint64_t revisio
                                   [&](const ReleaseTarget& t) { return t.revision == revision; });
   if (queued) return;
   if (!lease_) log_->debug("{} releasing a write of ours (revision {})", who(), revision);
-  release_queue_.push_back({nonce, revision});
+  release_queue_.push_back({nonce, revision, {}});
   pump_release(now);
 }
 
 void ElectionCore::pump_release(TimePoint now) {
   if (demote_pending_ || erase_op_ || release_queue_.empty()) return;
   const ReleaseTarget& t = release_queue_.front();
-  erase_op_ = send(OpKind::erase, {}, t.revision, t.nonce, now, now + cfg_.call_timeout);
+  if (t.handover_value.empty()) {
+    erase_op_ =
+        send_on({}, Purpose::release, OpKind::erase, {}, t.revision, t.nonce, now, now + cfg_.call_timeout);
+  } else {
+    erase_op_ = send_on({}, Purpose::release, OpKind::update, t.handover_value, t.revision, t.nonce, now,
+                        now + cfg_.call_timeout);
+  }
 }
 
 // ---------------------------------------------------------------- results
@@ -329,13 +433,16 @@ void ElectionCore::on_create_result(const PendingOp& op, const KvResult& r, Time
       // Already adopted when the watch showed this create before its ack
       // (and maybe already ended: its release was decided then).
       if ((lease_ && lease_->nonce == op.nonce) || is_ended(op.nonce)) return;
+      if (pending_promotion_ && pending_promotion_->nonce == op.nonce) return;
+      breaker_failures_ = 0;
       const bool fresh = op.sent + cfg_.ttl - cfg_.safety_margin > now;
+      const std::uint64_t prior = newest_rev_;
       if (r.revision > newest_rev_) {
         newest_rev_ = r.revision;
         newest_rev_at_ = now;
       }
       if (!lease_ && fresh && can_campaign(now)) {
-        become_leader(r.revision, op.nonce, op.sent, now);
+        try_promote(r.revision, op.nonce, op.sent, now, prior);
       } else {
         // We hold a key we may not keep (stopping, or the ack came too
         // late): release it so it does not stay held by nobody.
@@ -347,6 +454,7 @@ void ElectionCore::on_create_result(const PendingOp& op, const KvResult& r, Time
     case KvOutcome::conflict:
       unresolved_creates_.erase(op.nonce);
       acquire_failures_ = 0;
+      breaker_failures_ = 0;
       if (!op.timed_out) metrics_->acquire_attempt("held");
       if (r.entry) {
         observe(*r.entry, now, op.sent);
@@ -366,17 +474,36 @@ void ElectionCore::on_create_result(const PendingOp& op, const KvResult& r, Time
       if (!op.timed_out) metrics_->acquire_attempt("unknown");
       break;
   }
-  if (r.outcome == KvOutcome::permission_denied || r.outcome == KvOutcome::other ||
-      r.outcome == KvOutcome::closed || r.outcome == KvOutcome::not_found) {
+  if (r.outcome == KvOutcome::not_found) {
+    // The bucket's stream is gone (deleted?): re-open it, which re-creates
+    // it or says why it cannot.
+    request_refresh();
+  } else if (r.outcome == KvOutcome::permission_denied || r.outcome == KvOutcome::other ||
+             r.outcome == KvOutcome::closed) {
     error(to_error_code(r.outcome),
           fmt::format("acquire of key \"{}\" in bucket \"{}\" failed: {}", cfg_.role, cfg_.bucket,
                       r.message.empty() ? to_string(r.outcome) : r.message));
   }
   if (op.timed_out || !running_ || lease_) return;
+  count_acquire_failure(now, r.message.empty() ? to_string(r.outcome) : r.message);
+}
+
+void ElectionCore::count_acquire_failure(TimePoint now, const std::string& what) {
   ++acquire_failures_;
-  const Duration delay =
-      r.outcome == KvOutcome::permission_denied ? Duration(cfg_.retry_max) : backoff(acquire_failures_);
-  acquire_at_ = now + delay;
+  ++breaker_failures_;
+  if (breaker_failures_ < cfg_.breaker_threshold) {
+    acquire_at_ = now + backoff(acquire_failures_);
+    return;
+  }
+  // Circuit open: stop hammering; after breaker_open one attempt probes
+  // (half-open); it closes on an answer, or opens again on a failure.
+  acquire_at_ = now + cfg_.breaker_open;
+  if (breaker_failures_ == cfg_.breaker_threshold) {
+    error(make_error_code(Errc::other),
+          fmt::format("campaign for key \"{}\" in bucket \"{}\" paused for {} ms after {} failed attempts "
+                      "in a row (last: {})",
+                      cfg_.role, cfg_.bucket, cfg_.breaker_open.count(), breaker_failures_, what));
+  }
 }
 
 void ElectionCore::on_renew_result(const PendingOp& op, const KvResult& r, TimePoint now) {
@@ -397,6 +524,7 @@ void ElectionCore::on_renew_result(const PendingOp& op, const KvResult& r, TimeP
         last_renewal_ = op.sent;
       }
       lease_->confirmed_at = now;
+      lease_->validated_at = std::max(lease_->validated_at, op.sent);
       if (!op.timed_out) {
         metrics_->heartbeat(now - op.sent);
         renew_failures_ = 0;
@@ -418,8 +546,8 @@ void ElectionCore::on_renew_result(const PendingOp& op, const KvResult& r, TimeP
     send_read(now);
     return;
   }
-  if (r.outcome == KvOutcome::permission_denied || r.outcome == KvOutcome::other ||
-      r.outcome == KvOutcome::not_found) {
+  if (r.outcome == KvOutcome::not_found) request_refresh();
+  if (r.outcome == KvOutcome::permission_denied || r.outcome == KvOutcome::other) {
     error(to_error_code(r.outcome),
           fmt::format("renewal of key \"{}\" in bucket \"{}\" failed: {}", cfg_.role, cfg_.bucket,
                       r.message.empty() ? to_string(r.outcome) : r.message));
@@ -432,11 +560,24 @@ void ElectionCore::on_renew_result(const PendingOp& op, const KvResult& r, TimeP
 }
 
 void ElectionCore::on_read_result(const PendingOp& op, const KvResult& r, TimePoint now) {
+  // A read sent while leading validates the term.
+  const bool validating = !op.nonce.empty() && lease_ && lease_->nonce == op.nonce;
   if (r.outcome == KvOutcome::ok && r.entry) {
     observe(*r.entry, now, op.sent);
   } else if (r.outcome == KvOutcome::not_found) {
     observe_absent(now, op.sent);
-  } else if (running_ && !lease_ && !acquire_at_ && !create_op_) {
+  }
+  if (validating) {
+    const bool held = lease_ && lease_->nonce == op.nonce;
+    if (r.outcome != KvOutcome::ok && r.outcome != KvOutcome::not_found) {
+      metrics_->token_validation("error");
+    } else {
+      metrics_->token_validation(held ? "valid" : "invalid");
+    }
+    return;
+  }
+  if (r.outcome == KvOutcome::ok || r.outcome == KvOutcome::not_found) return;
+  if (running_ && !lease_ && !acquire_at_ && !create_op_) {
     acquire_at_ = now + backoff(++acquire_failures_);
   }
 }
@@ -444,7 +585,11 @@ void ElectionCore::on_read_result(const PendingOp& op, const KvResult& r, TimePo
 void ElectionCore::on_erase_result(const PendingOp& op, const KvResult& r, TimePoint now) {
   const bool current = !release_queue_.empty() && release_queue_.front().nonce == op.nonce &&
                        release_queue_.front().revision == op.expected;
-  if (r.outcome == KvOutcome::ok) {
+  if (r.outcome == KvOutcome::ok && op.kind == OpKind::update) {
+    log_->info("{} handed the key over (revision {} -> {})", who(), op.expected, r.revision);
+    known_.reset();
+    send_read(now);  // learn the new holder (the watch tells too)
+  } else if (r.outcome == KvOutcome::ok) {
     log_->info("{} released key (revision {} -> delete marker {})", who(), op.expected, r.revision);
     if (r.revision > newest_rev_) {
       newest_rev_ = r.revision;
@@ -489,7 +634,7 @@ void ElectionCore::on_op_timeout(OpId /*id*/, PendingOp& op, TimePoint now) {
     case OpKind::create:
       create_op_.reset();
       metrics_->acquire_attempt("unknown");
-      if (running_ && !lease_) acquire_at_ = now + backoff(++acquire_failures_);
+      if (running_ && !lease_) count_acquire_failure(now, "no answer within the call deadline");
       break;
     case OpKind::update:
       renew_op_.reset();
@@ -532,6 +677,7 @@ void ElectionCore::on_op_timeout(OpId /*id*/, PendingOp& op, TimePoint now) {
 // ---------------------------------------------------------------- knowledge
 
 void ElectionCore::observe(const KvEntry& entry, TimePoint now, std::optional<TimePoint> read_sent) {
+  const std::uint64_t prior = newest_rev_;
   if (entry.revision < newest_rev_) {
     // Older than what we know. A leader-routed read sent after we learned
     // the newer revision cannot be stale: the revisions went backwards
@@ -539,10 +685,16 @@ void ElectionCore::observe(const KvEntry& entry, TimePoint now, std::optional<Ti
     if (!read_sent || *read_sent <= newest_rev_at_) return;
     log_->error("{} revisions of the key went backwards: {} after {}", who(), entry.revision, newest_rev_);
     metrics_->revision_regression();
+    request_refresh();
     error(make_error_code(Errc::other),
           fmt::format("revisions of key \"{}\" in bucket \"{}\" went backwards: {} after {}", cfg_.role,
                       cfg_.bucket, entry.revision, newest_rev_));
+    // What we knew of the key is void: start over from this entry. A
+    // leader's lease revision is meaningless now; the key is not ours.
     known_.reset();
+    newest_rev_ = entry.revision;
+    newest_rev_at_ = now;
+    if (lease_) demote(DemoteReason::lost, /*release=*/false, now);
   }
   if (entry.revision >= newest_rev_) {
     if (entry.revision > newest_rev_) newest_rev_at_ = now;
@@ -567,6 +719,7 @@ void ElectionCore::observe(const KvEntry& entry, TimePoint now, std::optional<Ti
 
   const std::optional<Record> record = decode_record(entry.value);
   const bool mine = record && record->holder == cfg_.instance_id;
+  if (mine && pending_promotion_ && record->nonce == pending_promotion_->nonce) return;  // epoch on the way
   if (lease_) {
     if (mine && record->nonce == lease_->nonce) {
       lease_->revision = std::max(lease_->revision, entry.revision);
@@ -592,7 +745,7 @@ void ElectionCore::observe(const KvEntry& entry, TimePoint now, std::optional<Ti
           log_->info("{} a create whose answer was lost was applied (revision {}); adopting it", who(),
                      entry.revision);
         }
-        become_leader(entry.revision, record->nonce, sent, now);
+        try_promote(entry.revision, record->nonce, sent, now, prior);
         return;
       }
       remember_ended(record->nonce);
@@ -608,7 +761,13 @@ void ElectionCore::observe_absent(TimePoint now, TimePoint read_sent) {
     if (read_sent <= lease_->confirmed_at) return;
     demote(DemoteReason::lost, /*release=*/false, now);
   }
-  if (known_ && known_->op == EntryOp::put && known_->first_seen >= read_sent) return;
+  if (known_ && known_->op == EntryOp::put) {
+    if (known_->first_seen >= read_sent) return;
+    // Gone without a delete marker before its lease could have run out
+    // (the bucket was deleted, or the server lost it): its holder may still
+    // believe it leads until then, so no campaign before.
+    not_before_ = std::max(not_before_, known_->first_seen + cfg_.ttl);
+  }
   known_.reset();
   no_leader(now);
 }
@@ -633,6 +792,11 @@ void ElectionCore::follow(const KvEntry& entry, const std::optional<Record>& rec
   }
   report_leader(info);
   if (state_ == ElectionState::campaigning) set_state(ElectionState::following);
+  if (cfg_.priority_handover && record && record->holder != cfg_.instance_id &&
+      record->priority < cfg_.priority && can_campaign(now) && !request_op_ &&
+      (!request_sent_at_ || now - *request_sent_at_ >= cfg_.ttl / 2)) {
+    send_handover_request(std::nullopt, now);
+  }
   if (create_op_) return;
   // The key was written before we first saw it, so it expires before
   // first_seen + ttl (the server sends no event when it does). If it is
@@ -652,7 +816,14 @@ void ElectionCore::no_leader(TimePoint now) {
   if (!gone_since_) gone_since_ = now;
   report_leader(std::nullopt);
   if (state_ == ElectionState::following) set_state(ElectionState::campaigning);
-  if (can_campaign(now) && !create_op_) acquire_at_ = now + jitter();
+  if (create_op_) return;
+  if (can_campaign(now)) {
+    acquire_at_ = std::max(now + jitter(), not_before_);
+  } else if (!lease_) {
+    // Not campaigning (observer, unhealthy, cooling down): look again now
+    // and then, in case the watch misses the next holder.
+    acquire_at_ = now + cfg_.ttl;
+  }
 }
 
 void ElectionCore::report_leader(const std::optional<LeaderInfo>& leader) {
@@ -678,7 +849,11 @@ void ElectionCore::become_leader(std::uint64_t revision, const std::string& nonc
   l.last_send = sent;
   l.confirmed_at = now;
   l.promoted_at = now;
+  l.validated_at = sent;
+  l.epoch = epoch_;
   lease_ = l;
+  next_validation_at_ = now + cfg_.validation_interval;
+  if (connection_ != ConnectionState::connected) grace_deadline_ = now + cfg_.disconnect_grace;
   if (revision > newest_rev_) {
     newest_rev_ = revision;
     newest_rev_at_ = now;
@@ -695,7 +870,8 @@ void ElectionCore::become_leader(std::uint64_t revision, const std::string& nonc
   k.first_seen = now;
   known_ = k;
   acquire_at_.reset();
-  acquire_failures_ = renew_failures_ = 0;
+  acquire_failures_ = renew_failures_ = breaker_failures_ = 0;
+  request_sent_at_.reset();
   next_renew_at_ = sent + cfg_.heartbeat_interval;
   last_renewal_ = sent;
   set_state(ElectionState::leading);
@@ -707,6 +883,7 @@ void ElectionCore::become_leader(std::uint64_t revision, const std::string& nonc
   Notify n;
   n.kind = Notify::Kind::promote;
   n.token = revision;
+  n.epoch = epoch_;
   actions_.emplace_back(std::move(n));
   report_leader(me);
 }
@@ -722,6 +899,7 @@ void ElectionCore::demote(DemoteReason reason, bool release, TimePoint now) {
   metrics_->demoted(reason, now >= old.promoted_at ? now - old.promoted_at : Duration(0));
   lease_.reset();
   renew_op_.reset();
+  grace_deadline_.reset();
   remember_ended(old.nonce);
   demote_pending_ = true;
   if (release) queue_release(old.nonce, old.revision, now);
@@ -735,7 +913,7 @@ void ElectionCore::demote(DemoteReason reason, bool release, TimePoint now) {
 void ElectionCore::after_release(TimePoint now) {
   if (state_ != ElectionState::releasing || demote_pending_) return;
   if (stopping_) {
-    finish();
+    finish(now);
     return;
   }
   if (now < cooldown_until_) {
@@ -760,15 +938,15 @@ void ElectionCore::campaign_now(TimePoint now, bool with_jitter) {
 void ElectionCore::maybe_finish(TimePoint now) {
   if (!running_ || !stopping_) return;
   if (now >= stop_deadline_ || (!demote_pending_ && release_queue_.empty() && !erase_op_ && !create_op_)) {
-    finish();
+    finish(now);
   }
 }
 
-void ElectionCore::finish() {
+void ElectionCore::finish(TimePoint now) {
   if (lease_) {
     // Only reachable when the stop deadline passes mid-term; never leave a
     // term running past stop().
-    demote(DemoteReason::stopped, /*release=*/false, TimePoint{});
+    demote(DemoteReason::stopped, /*release=*/false, now);
   }
   running_ = false;
   stopping_ = false;
@@ -790,8 +968,9 @@ void ElectionCore::set_state(ElectionState s) { state_ = s; }
 // ---------------------------------------------------------------- helpers
 
 bool ElectionCore::can_campaign(TimePoint now) const {
-  return running_ && !stopping_ && !lease_ && !demote_pending_ && state_ != ElectionState::releasing &&
-         state_ != ElectionState::cooling_down && now >= cooldown_until_;
+  return running_ && !stopping_ && !lease_ && !demote_pending_ && !observe_only_ && healthy_ &&
+         !pending_promotion_ && state_ != ElectionState::releasing && state_ != ElectionState::cooling_down &&
+         now >= cooldown_until_;
 }
 
 Duration ElectionCore::backoff(int failures) {
@@ -844,6 +1023,146 @@ bool ElectionCore::is_ended(const std::string& nonce) const {
   return std::find(ended_nonces_.begin(), ended_nonces_.end(), nonce) != ended_nonces_.end();
 }
 
+void ElectionCore::send_handover_request(const std::optional<KvEntry>& existing, TimePoint now) {
+  // The request is a record naming us with a fresh nonce; the leader writes
+  // it into the role's key, where we recognise the nonce and adopt the
+  // lease as if our own create had landed (sent now: a safe deadline).
+  std::string nonce = new_nonce();
+  std::string value = make_record(nonce, 0, wall_clock_now());
+  unresolved_creates_[nonce] = now;
+  request_sent_at_ = now;
+  log_->info("{} asking the leader to hand over (priority {})", who(), cfg_.priority);
+  if (existing) {
+    request_op_ = send_on(request_key_, Purpose::request, OpKind::update, std::move(value),
+                          existing->revision, std::move(nonce), now, now + cfg_.call_timeout);
+  } else {
+    request_op_ = send_on(request_key_, Purpose::request, OpKind::create, std::move(value), std::nullopt,
+                          std::move(nonce), now, now + cfg_.call_timeout);
+  }
+}
+
+void ElectionCore::on_request_result(const PendingOp& op, const KvResult& r, TimePoint now) {
+  if (r.outcome != KvOutcome::conflict || !r.entry || op.timed_out) return;
+  // Another request is there: replace it only if ours has the higher
+  // priority (or it is an old one of ours).
+  const auto other = r.entry->op == EntryOp::put ? decode_record(r.entry->value) : std::nullopt;
+  if (!other || other->priority < cfg_.priority || other->holder == cfg_.instance_id) {
+    unresolved_creates_.erase(op.nonce);
+    send_handover_request(r.entry, now);
+  }
+}
+
+void ElectionCore::on_request_read(const KvResult& r, TimePoint now) {
+  if (!lease_ || demote_pending_ || r.outcome != KvOutcome::ok || !r.entry || r.entry->op != EntryOp::put)
+    return;
+  const auto request = decode_record(r.entry->value);
+  if (!request || request->holder == cfg_.instance_id || request->priority <= cfg_.priority) return;
+  log_->info("{} handing over to {} (priority {} > {})", who(), request->holder, request->priority,
+             cfg_.priority);
+  Record handed;
+  handed.holder = request->holder;
+  handed.nonce = request->nonce;
+  handed.priority = request->priority;
+  handed.metadata = request->metadata;
+  handed.acquired_at = handed.renewed_at = wall_clock_now();
+  const std::string nonce = lease_->nonce;
+  const std::uint64_t revision = lease_->revision;
+  // The term ends first (on_demote returns); then the key is written over
+  // to the requester with a compare-and-swap on our revision.
+  cooldown_until_ = now + cfg_.heartbeat_interval;
+  demote(DemoteReason::handover, /*release=*/false, now);
+  release_queue_.push_back({nonce, revision, encode_record(handed)});
+}
+
+TimePoint ElectionCore::lease_deadline() const noexcept {
+  if (!lease_) return TimePoint{};
+  return grace_deadline_ ? std::min(lease_->deadline, *grace_deadline_) : lease_->deadline;
+}
+
+void ElectionCore::try_promote(std::uint64_t revision, const std::string& nonce, TimePoint sent,
+                               TimePoint now, std::uint64_t prior_revision) {
+  // A revision that does not extend what we saw of the key may come from a
+  // re-created bucket (revisions restart at 1): learn the bucket's epoch
+  // before handing out a token, so tokens never go backwards.
+  if (epoch_ == 0 || prior_revision == 0 || revision <= prior_revision) {
+    pending_promotion_ = PendingPromotion{revision, nonce, sent};
+    request_refresh();
+    return;
+  }
+  become_leader(revision, nonce, sent, now);
+}
+
+void ElectionCore::request_refresh() {
+  if (refresh_pending_) return;
+  refresh_pending_ = true;
+  actions_.emplace_back(RefreshBucket{});
+}
+
+void ElectionCore::on_bucket(std::optional<std::uint64_t> epoch, std::error_code error_code,
+                             const std::string& message, TimePoint now) {
+  refresh_pending_ = false;
+  if (epoch) {
+    if (*epoch != epoch_ && epoch_ != 0) {
+      log_->warn("{} bucket \"{}\" was re-created (epoch {} -> {}); revisions restart", who(), cfg_.bucket,
+                 epoch_, *epoch);
+      if (!pending_promotion_) {
+        newest_rev_ = 0;
+        known_.reset();
+      }
+    }
+    epoch_ = *epoch;
+  } else {
+    error(error_code ? error_code : make_error_code(Errc::bucket_missing),
+          message.empty() ? fmt::format("bucket \"{}\" cannot be opened", cfg_.bucket) : message);
+  }
+  if (!pending_promotion_) return;
+  const PendingPromotion p = *pending_promotion_;
+  pending_promotion_.reset();
+  if (epoch && !lease_ && p.sent + cfg_.ttl - cfg_.safety_margin > now && can_campaign(now)) {
+    become_leader(p.revision, p.nonce, p.sent, now);
+    return;
+  }
+  remember_ended(p.nonce);
+  queue_release(p.nonce, p.revision, now);
+  if (running_ && !lease_ && !acquire_at_) acquire_at_ = now + backoff(++acquire_failures_);
+}
+
+void ElectionCore::on_health(std::uint64_t id, bool healthy, TimePoint now) {
+  if (id != health_id_ || !health_deadline_) return;  // late: already counted as a timeout
+  health_deadline_.reset();
+  health_result(healthy, now);
+}
+
+void ElectionCore::health_result(bool healthy, TimePoint now) {
+  if (healthy) {
+    health_failures_ = 0;
+    if (!healthy_) {
+      healthy_ = true;
+      log_->info("{} healthy again: campaigning", who());
+      if (running_ && !lease_ &&
+          (state_ == ElectionState::campaigning || state_ == ElectionState::following)) {
+        campaign_now(now, /*with_jitter=*/true);
+      }
+    }
+    return;
+  }
+  ++health_failures_;
+  metrics_->health_check_failure();
+  log_->warn("{} health check failed ({} in a row, limit {})", who(), health_failures_,
+             cfg_.max_health_failures);
+  if (health_failures_ < cfg_.max_health_failures || !healthy_) return;
+  healthy_ = false;
+  error(make_error_code(Errc::other),
+        fmt::format(
+            "key \"{}\" in bucket \"{}\": {} health checks failed in a row; not leading until one passes",
+            cfg_.role, cfg_.bucket, health_failures_));
+  if (lease_) demote(DemoteReason::unhealthy, /*release=*/true, now);
+}
+
+void ElectionCore::request_renewal() {
+  if (lease_) urgent_renew_ = true;
+}
+
 Status ElectionCore::status(TimePoint now) const {
   Status s;
   s.state = state_;
@@ -855,6 +1174,19 @@ Status ElectionCore::status(TimePoint now) const {
   }
   s.connection = connection_;
   s.last_error = last_error_;
+  s.healthy = healthy_;
+  s.circuit_open = breaker_failures_ >= cfg_.breaker_threshold;
+  s.fencing_token = fencing_token();
+  if (s.leader) {
+    TimePoint end{};
+    if (lease_) {
+      end = lease_deadline();
+    } else if (known_ && known_->op == EntryOp::put) {
+      end = known_->first_seen + cfg_.ttl;
+    }
+    if (end > now)
+      s.leader->lease_remaining = std::chrono::duration_cast<std::chrono::milliseconds>(end - now);
+  }
   return s;
 }
 

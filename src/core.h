@@ -41,6 +41,7 @@ struct KvCall {
   std::string value;                      // create / update
   std::optional<std::uint64_t> expected;  // update / erase: expected revision; create: last marker
   Duration timeout{0};
+  std::string key;  // empty: the role's key
 };
 
 /// Start (true) or stop (false) the watch on the role's key.
@@ -54,6 +55,7 @@ struct Notify {
   enum class Kind { promote, demote, leader_change, error };
   Kind kind = Kind::error;
   std::uint64_t token = 0;                   // promote
+  std::uint64_t epoch = 0;                   // promote
   DemoteReason reason = DemoteReason::lost;  // demote
   std::optional<LeaderInfo> leader;          // leader_change
   ErrorInfo error;                           // error
@@ -62,7 +64,16 @@ struct Notify {
 /// The election has fully stopped (after `request_stop`).
 struct Finished {};
 
-using Action = std::variant<KvCall, WatchControl, Notify, Finished>;
+/// Re-open the bucket (re-creating it if it is gone) and answer with
+/// `on_bucket`: its epoch may have changed.
+struct RefreshBucket {};
+
+/// Run the health check and answer with `on_health(id, ...)`.
+struct HealthCheck {
+  std::uint64_t id = 0;
+};
+
+using Action = std::variant<KvCall, WatchControl, Notify, Finished, RefreshBucket, HealthCheck>;
 
 class ElectionCore {
  public:
@@ -73,6 +84,12 @@ class ElectionCore {
 
   /// Where metrics go (default: nowhere). Must outlive the core.
   void set_metrics(ElectionMetrics* metrics) noexcept { metrics_ = metrics ? metrics : &null_metrics(); }
+  /// The bucket's epoch as opened by start() (see OpenResult::epoch).
+  void set_epoch(std::uint64_t epoch) noexcept { epoch_ = epoch; }
+  /// Whether a health check is configured (then HealthCheck actions come).
+  void set_health_enabled(bool enabled) noexcept { health_enabled_ = enabled; }
+  /// Observe only: never campaign (the Observer).
+  void set_observe_only(bool observe) noexcept { observe_only_ = observe; }
 
   // Events.
   void start(TimePoint now);
@@ -83,6 +100,14 @@ class ElectionCore {
   void on_demote_returned(TimePoint now);
   void request_stop(bool release, Duration timeout, TimePoint now);
   void request_step_down(Duration cooldown, TimePoint now);
+  /// The answer to RefreshBucket: the epoch, or the error.
+  void on_bucket(std::optional<std::uint64_t> epoch, std::error_code error, const std::string& message,
+                 TimePoint now);
+  /// The answer to HealthCheck `id`.
+  void on_health(std::uint64_t id, bool healthy, TimePoint now);
+  /// Renew now (validate_token): a compare-and-swap on our revision either
+  /// lands, proving the key ours, or conflicts. Reads can be stale; it cannot.
+  void request_renewal();
 
   // Outputs.
   std::vector<Action> take_actions();
@@ -93,7 +118,16 @@ class ElectionCore {
   bool running() const noexcept { return running_; }
   /// Term held now (0: none) and its lease deadline.
   std::uint64_t term() const noexcept { return lease_ ? lease_->term : 0; }
-  TimePoint lease_deadline() const noexcept { return lease_ ? lease_->deadline : TimePoint{}; }
+  /// The lease deadline, shortened by the disconnect grace while
+  /// disconnected.
+  TimePoint lease_deadline() const noexcept;
+  FencingToken fencing_token() const noexcept {
+    return lease_ ? FencingToken{lease_->epoch, lease_->term} : FencingToken{};
+  }
+  /// The nonce of the current term ("" when not leading).
+  std::string lease_nonce() const { return lease_ ? lease_->nonce : std::string(); }
+  /// Send time of the last acknowledged renewal: the key was ours then.
+  TimePoint validated_at() const noexcept { return lease_ ? lease_->validated_at : TimePoint{}; }
   ElectionState state() const noexcept { return state_; }
   Status status(TimePoint now) const;
   const Config& config() const noexcept { return cfg_; }
@@ -108,6 +142,13 @@ class ElectionCore {
     TimePoint last_send{};
     TimePoint confirmed_at{};  // when we last learned the key was ours
     TimePoint promoted_at{};
+    TimePoint validated_at{};  // send time of the last acknowledged renewal (or the create)
+    std::uint64_t epoch = 0;
+  };
+  struct PendingPromotion {  // a won create waiting for the bucket's epoch
+    std::uint64_t revision = 0;
+    std::string nonce;
+    TimePoint sent{};
   };
   struct Known {  // newest message of the key we have seen
     std::uint64_t revision = 0;
@@ -116,7 +157,10 @@ class ElectionCore {
     std::optional<LeaderInfo> holder;
     TimePoint first_seen{};
   };
+  // What an op is for, when it is not the plain acquire/renew/read.
+  enum class Purpose { normal, release, request, request_read };
   struct PendingOp {
+    Purpose purpose = Purpose::normal;
     OpKind kind = OpKind::get;
     TimePoint sent{};
     TimePoint deadline{};
@@ -127,12 +171,18 @@ class ElectionCore {
   struct ReleaseTarget {
     std::string nonce;
     std::uint64_t revision = 0;
+    std::string handover_value;  // set: write this record over ours instead of deleting
   };
 
   // Sending.
   OpId send(OpKind kind, std::string value, std::optional<std::uint64_t> expected, std::string nonce,
             TimePoint now, TimePoint deadline);
+  OpId send_on(const std::string& key, Purpose purpose, OpKind kind, std::string value,
+               std::optional<std::uint64_t> expected, std::string nonce, TimePoint now, TimePoint deadline);
   void send_create(TimePoint now);
+  void send_handover_request(const std::optional<KvEntry>& existing, TimePoint now);
+  void on_request_result(const PendingOp& op, const KvResult& r, TimePoint now);
+  void on_request_read(const KvResult& r, TimePoint now);
   void send_renew(TimePoint now);
   void send_read(TimePoint now);
   void queue_release(const std::string& nonce, std::uint64_t revision, TimePoint now);
@@ -153,11 +203,17 @@ class ElectionCore {
   void report_leader(const std::optional<LeaderInfo>& leader);
 
   // Transitions.
+  void try_promote(std::uint64_t revision, const std::string& nonce, TimePoint sent, TimePoint now,
+                   std::uint64_t prior_revision);
   void become_leader(std::uint64_t revision, const std::string& nonce, TimePoint sent, TimePoint now);
+  void request_refresh();
+  void health_result(bool healthy, TimePoint now);
+  void count_acquire_failure(TimePoint now, const std::string& what);
   void demote(DemoteReason reason, bool release, TimePoint now);
   void after_release(TimePoint now);
   void maybe_finish(TimePoint now);
-  void finish();
+  void finish(TimePoint now);
+  void ensure_progress(TimePoint now);
   void campaign_now(TimePoint now, bool jitter);
   void set_state(ElectionState s);
 
@@ -193,6 +249,7 @@ class ElectionCore {
   bool demote_pending_ = false;  // on_demote emitted, not yet returned
   std::optional<TimePoint> last_renewal_;
   TimePoint next_renew_at_{};
+  bool urgent_renew_ = false;
   int renew_failures_ = 0;
 
   // Following / campaigning.
@@ -200,6 +257,7 @@ class ElectionCore {
   std::uint64_t newest_rev_ = 0;
   TimePoint newest_rev_at_{};
   std::optional<TimePoint> acquire_at_;
+  TimePoint not_before_{};  // no create before this (a vanished holder's lease may still run)
   int acquire_failures_ = 0;
   int expiry_retries_ = 0;
   std::optional<LeaderInfo> reported_leader_;
@@ -224,6 +282,33 @@ class ElectionCore {
   int watch_failures_ = 0;
 
   ErrorInfo last_error_;
+
+  // Fencing epoch.
+  std::uint64_t epoch_ = 0;
+  bool refresh_pending_ = false;
+  std::optional<PendingPromotion> pending_promotion_;
+
+  // Disconnect grace and validation.
+  std::optional<TimePoint> grace_deadline_;
+  TimePoint next_validation_at_{};
+
+  // Health.
+  bool health_enabled_ = false;
+  bool healthy_ = true;
+  int health_failures_ = 0;
+  std::uint64_t health_id_ = 0;
+  std::optional<TimePoint> health_deadline_;
+  TimePoint next_health_at_{};
+
+  // Circuit breaker over acquire attempts.
+  int breaker_failures_ = 0;
+
+  bool observe_only_ = false;
+
+  // Priority handover.
+  std::string request_key_;
+  std::optional<OpId> request_op_, request_read_op_;
+  std::optional<TimePoint> request_sent_at_;
 };
 
 }  // namespace leader::detail

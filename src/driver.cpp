@@ -39,7 +39,8 @@ void guarded(const std::shared_ptr<spdlog::logger>& log, ElectionMetrics& metric
 }  // namespace
 
 ElectionDriver::ElectionDriver(std::shared_ptr<Connection> connection, Config config, Callbacks callbacks,
-                               Telemetry telemetry, std::shared_ptr<ElectionMetrics> metrics)
+                               Telemetry telemetry, std::shared_ptr<ElectionMetrics> metrics,
+                               bool observe_only, std::chrono::milliseconds requested_grace)
     : connection_(std::move(connection)),
       runtime_(connection_->runtime()),
       config_(std::move(config)),
@@ -48,6 +49,15 @@ ElectionDriver::ElectionDriver(std::shared_ptr<Connection> connection, Config co
       metrics_(std::move(metrics)),
       core_(config_, make_seed(config_.instance_id), log_) {
   core_.set_metrics(metrics_.get());
+  core_.set_observe_only(observe_only);
+  if (callbacks_.health_check && !observe_only) {
+    core_.set_health_enabled(true);
+    health_thread_ = std::make_unique<ThreadPool>(1);
+  }
+  if (requested_grace.count() > 0 && requested_grace > config_.disconnect_grace) {
+    log_->warn("role={} instance={} disconnect_grace {} ms is longer than the lease allows; clamped to {} ms",
+               config_.role, config_.instance_id, requested_grace.count(), config_.disconnect_grace.count());
+  }
 }
 
 ElectionDriver::~ElectionDriver() { shutdown(); }
@@ -84,7 +94,10 @@ void ElectionDriver::publish() {
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
-    status_ = core_.status(SteadyClock::now());
+    status_at_ = SteadyClock::now();
+    status_ = core_.status(status_at_);
+    lease_nonce_ = core_.lease_nonce();
+    validated_at_ = core_.validated_at();
   }
   cv_.notify_all();
 }
@@ -116,6 +129,10 @@ void ElectionDriver::execute(Action& action) {
     }
   } else if (auto* n = std::get_if<Notify>(&action)) {
     notify(*n);
+  } else if (std::holds_alternative<RefreshBucket>(action)) {
+    refresh_bucket();
+  } else if (auto* check = std::get_if<HealthCheck>(&action)) {
+    run_health_check(check->id);
   } else if (std::holds_alternative<Finished>(action)) {
     if (timer_ != 0) runtime_->loop().cancel(timer_);
     timer_ = 0;
@@ -147,24 +164,25 @@ void ElectionDriver::run_call(const KvCall& call) {
     deliver(std::move(r));
     return;
   }
-  runtime_->io().post([store = store_, key = config_.role, call, deliver = std::move(deliver)] {
-    KvResult r;
-    switch (call.kind) {
-      case OpKind::get:
-        r = store->get(key, call.timeout);
-        break;
-      case OpKind::create:
-        r = store->create(key, call.value, call.expected, call.timeout);
-        break;
-      case OpKind::update:
-        r = store->update(key, call.value, call.expected.value_or(0), call.timeout);
-        break;
-      case OpKind::erase:
-        r = store->erase(key, call.expected.value_or(0), call.timeout);
-        break;
-    }
-    deliver(std::move(r));
-  });
+  runtime_->io().post(
+      [store = store_, key = call.key.empty() ? config_.role : call.key, call, deliver = std::move(deliver)] {
+        KvResult r;
+        switch (call.kind) {
+          case OpKind::get:
+            r = store->get(key, call.timeout);
+            break;
+          case OpKind::create:
+            r = store->create(key, call.value, call.expected, call.timeout);
+            break;
+          case OpKind::update:
+            r = store->update(key, call.value, call.expected.value_or(0), call.timeout);
+            break;
+          case OpKind::erase:
+            r = store->erase(key, call.expected.value_or(0), call.timeout);
+            break;
+        }
+        deliver(std::move(r));
+      });
 }
 
 void ElectionDriver::start_watch() {
@@ -226,8 +244,9 @@ void ElectionDriver::notify(const Notify& n) {
   const std::string who = fmt::format("role={} instance={}", config_.role, config_.instance_id);
   switch (n.kind) {
     case Notify::Kind::promote: {
-      Term term(n.token, lease_);
-      callback_thread_.post([cb = callbacks_.on_promote, term, log = log_, metrics = metrics_or_null(), who] {
+      Term term(n.token, n.epoch, lease_);
+      callback_thread_.post([cb = callbacks_.on_promote, term, log = log_, metrics = metrics_or_null(),
+                             who = fmt::format("{} term={}", who, n.token)] {
         if (cb) guarded(log, *metrics, "on_promote", who, [&] { cb(term); });
       });
       break;
@@ -262,6 +281,57 @@ void ElectionDriver::notify(const Notify& n) {
   }
 }
 
+void ElectionDriver::refresh_bucket() {
+  BucketSpec spec;
+  spec.name = config_.bucket;
+  spec.ttl = config_.ttl;
+  spec.storage = config_.storage;
+  spec.replicas = config_.replicas;
+  runtime_->io().post([weak = weak_from_this(), runtime = std::weak_ptr<Runtime>(runtime_),
+                       backend = connection_->backend(), spec, timeout = Duration(config_.call_timeout)] {
+    OpenResult opened = backend->open_bucket(spec, timeout);
+    auto rt = runtime.lock();
+    if (!rt) return;
+    rt->loop().post([weak, opened = std::move(opened)] {
+      auto self = weak.lock();
+      if (!self) return;
+      self->step([self = self.get(), &opened](TimePoint now) {
+        if (opened.store) self->store_ = opened.store;
+        self->core_.on_bucket(opened.store ? std::optional<std::uint64_t>(opened.epoch) : std::nullopt,
+                              opened.error, opened.message, now);
+      });
+    });
+  });
+}
+
+void ElectionDriver::run_health_check(std::uint64_t id) {
+  if (!callbacks_.health_check || !health_thread_) return;
+  // A check still running (hung) is not queued behind: the core counts the
+  // missing answer as a failure when health_timeout passes.
+  if (health_running_->exchange(true)) return;
+  health_thread_->post([check = callbacks_.health_check, running = health_running_, log = log_, id,
+                        weak = weak_from_this(), runtime = std::weak_ptr<Runtime>(runtime_),
+                        who = fmt::format("role={} instance={}", config_.role, config_.instance_id)] {
+    bool healthy = false;
+    try {
+      healthy = check();
+    } catch (const std::exception& e) {
+      log->warn("{} health check threw: {}", who, e.what());
+    } catch (...) {
+      log->warn("{} health check threw a non-standard exception", who);
+    }
+    running->store(false);
+    auto rt = runtime.lock();
+    if (!rt) return;
+    rt->loop().post([weak, id, healthy] {
+      if (auto self = weak.lock()) {
+        self->step(
+            [self = self.get(), id, healthy](TimePoint now) { self->core_.on_health(id, healthy, now); });
+      }
+    });
+  });
+}
+
 void ElectionDriver::start() {
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -288,6 +358,18 @@ void ElectionDriver::start() {
         opened.error ? opened.error : make_error_code(Errc::other),
         opened.message.empty() ? fmt::format("cannot open bucket \"{}\"", config_.bucket) : opened.message);
   }
+  // A hung server is noticed through pings (about two intervals); past the
+  // lease the leader would stop on its own deadline first, but the
+  // disconnect (and the grace) would be learned late.
+  const auto ping = connection_->backend()->ping_interval();
+  if (ping.count() > 0 && ping * 2 > config_.ttl - config_.safety_margin) {
+    log_->warn(
+        "role={} instance={} the connection's ping_interval ({} ms) lets a hung server go unnoticed for "
+        "about "
+        "{} ms, longer than the lease ({} ms): use a ping_interval below {} ms",
+        config_.role, config_.instance_id, ping.count(), ping.count() * 2, config_.ttl.count(),
+        (config_.ttl - config_.safety_margin).count() / 2);
+  }
   if (!state_subscribed_) {
     state_subscribed_ = true;
     state_listener_ = connection_->backend()->subscribe_state(
@@ -306,8 +388,10 @@ void ElectionDriver::start() {
     std::lock_guard<std::mutex> lock(mu_);
     running_ = true;
   }
-  post([this, store = opened.store, state = connection_->backend()->state()](TimePoint now) {
+  post([this, store = opened.store, epoch = opened.epoch,
+        state = connection_->backend()->state()](TimePoint now) {
     store_ = store;
+    core_.set_epoch(epoch);
     core_.on_connection(state, now);
     core_.start(now);
   });
@@ -343,6 +427,12 @@ void ElectionDriver::shutdown() noexcept {
   }
   // Queued callbacks (an on_demote at least) still run, then the thread ends.
   callback_thread_.shutdown();
+  // A hung health check is not waited for: its thread is left to finish.
+  if (health_thread_ && health_running_->load()) {
+    health_thread_.release()->shutdown_detached();
+  } else if (health_thread_) {
+    health_thread_->shutdown();
+  }
 }
 
 bool ElectionDriver::wait_for_leadership(std::chrono::milliseconds timeout) const {
@@ -354,6 +444,41 @@ bool ElectionDriver::wait_for_leadership(std::chrono::milliseconds timeout) cons
   return true;
 }
 
+std::optional<FencingToken> ElectionDriver::fencing_token() const noexcept {
+  const std::uint64_t term = lease_->term.load(std::memory_order_acquire);
+  if (term == 0 || !lease_->holds(term, SteadyClock::now())) return std::nullopt;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (status_.fencing_token.revision != term) return std::nullopt;
+  return status_.fencing_token;
+}
+
+bool ElectionDriver::validate_token(const std::optional<FencingToken>& token,
+                                    std::chrono::milliseconds max_staleness) {
+  const auto start = SteadyClock::now();
+  const std::uint64_t term = lease_->term.load(std::memory_order_acquire);
+  if (term == 0 || !lease_->holds(term, start)) return false;
+  std::unique_lock<std::mutex> lock(mu_);
+  if (status_.fencing_token.revision != term || (token && *token != status_.fencing_token)) return false;
+  if (max_staleness.count() > 0 && start - validated_at_ <= max_staleness) {
+    if (metrics_) metrics_->token_validation("valid");
+    return true;
+  }
+  lock.unlock();
+  // Linearizable: a renewal sent after this call began must be
+  // acknowledged (a compare-and-swap on our revision: a stale replica
+  // cannot answer it). A conflict makes the core read and demote.
+  const_cast<ElectionDriver*>(this)->post(
+      [self = const_cast<ElectionDriver*>(this)](TimePoint) { self->core_.request_renewal(); });
+  lock.lock();
+  const bool confirmed = cv_.wait_for(lock, config_.call_timeout * 2, [&] {
+    return validated_at_ >= start || !lease_->holds(term, SteadyClock::now());
+  });
+  const bool valid = confirmed && validated_at_ >= start && lease_->holds(term, SteadyClock::now());
+  lock.unlock();
+  if (metrics_) metrics_->token_validation(valid ? "valid" : confirmed ? "invalid" : "error");
+  return valid;
+}
+
 std::optional<std::uint64_t> ElectionDriver::token() const noexcept {
   const std::uint64_t term = lease_->term.load(std::memory_order_acquire);
   if (term == 0 || !lease_->holds(term, SteadyClock::now())) return std::nullopt;
@@ -362,11 +487,17 @@ std::optional<std::uint64_t> ElectionDriver::token() const noexcept {
 
 Status ElectionDriver::status() const {
   Status s;
+  TimePoint at{};
   {
     std::lock_guard<std::mutex> lock(mu_);
     s = status_;
+    at = status_at_;
   }
   const auto now = SteadyClock::now();
+  if (s.leader) {
+    const auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(now - at);
+    s.leader->lease_remaining = std::max(std::chrono::milliseconds(0), s.leader->lease_remaining - elapsed);
+  }
   const std::uint64_t term = lease_->term.load(std::memory_order_acquire);
   const auto deadline = TimePoint(Duration(lease_->deadline_ns.load(std::memory_order_acquire)));
   s.lease_remaining = term != 0 && deadline > now

@@ -6,6 +6,7 @@
 // executor. The lease (for is_leader() and Term::lost()) and a status
 // snapshot are published for any thread to read.
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -28,8 +29,11 @@ class ElectionDriver : public std::enable_shared_from_this<ElectionDriver> {
  public:
   /// `config` must be validated and resolved. `metrics` (optional) must be
   /// thread-safe: the loop and the callback thread report to it.
+  /// `observe_only`: never campaign (Observer). `requested_grace`: the
+  /// disconnect_grace as configured, to warn when it was clamped.
   ElectionDriver(std::shared_ptr<Connection> connection, Config config, Callbacks callbacks,
-                 Telemetry telemetry = {}, std::shared_ptr<ElectionMetrics> metrics = nullptr);
+                 Telemetry telemetry = {}, std::shared_ptr<ElectionMetrics> metrics = nullptr,
+                 bool observe_only = false, std::chrono::milliseconds requested_grace = {});
   ~ElectionDriver();
 
   void start();
@@ -42,6 +46,8 @@ class ElectionDriver : public std::enable_shared_from_this<ElectionDriver> {
   bool is_leader() const noexcept { return lease_->leading(SteadyClock::now()); }
   bool wait_for_leadership(std::chrono::milliseconds timeout) const;
   std::optional<std::uint64_t> token() const noexcept;
+  std::optional<FencingToken> fencing_token() const noexcept;
+  bool validate_token(const std::optional<FencingToken>& token, std::chrono::milliseconds max_staleness);
   Status status() const;
   const Config& config() const noexcept { return config_; }
 
@@ -55,6 +61,8 @@ class ElectionDriver : public std::enable_shared_from_this<ElectionDriver> {
   void start_watch();
   void stop_watch();
   void notify(const Notify& n);
+  void refresh_bucket();
+  void run_health_check(std::uint64_t id);
   std::shared_ptr<ElectionMetrics> metrics_or_null() const;
   void publish();
   void rearm();
@@ -67,6 +75,8 @@ class ElectionDriver : public std::enable_shared_from_this<ElectionDriver> {
   std::shared_ptr<spdlog::logger> log_;
   std::shared_ptr<ElectionMetrics> metrics_;
   ThreadPool callback_thread_{1};
+  std::unique_ptr<ThreadPool> health_thread_;  // only with a health check
+  std::shared_ptr<std::atomic<bool>> health_running_ = std::make_shared<std::atomic<bool>>(false);
 
   // Loop thread only.
   ElectionCore core_;
@@ -82,8 +92,18 @@ class ElectionDriver : public std::enable_shared_from_this<ElectionDriver> {
   mutable std::mutex mu_;
   mutable std::condition_variable cv_;
   Status status_;
+  TimePoint status_at_{};
+  std::string lease_nonce_;
+  TimePoint validated_at_{};
   bool running_ = false;  // between start() and the core's Finished
   std::uint64_t finished_count_ = 0;
 };
+
+/// Validates `config`, builds the metrics (when a registry is given) and
+/// the driver. Throws ConfigError.
+std::shared_ptr<ElectionDriver> make_driver(std::shared_ptr<Connection> connection, Config config,
+                                            Callbacks callbacks, Telemetry telemetry, bool observe_only);
+/// shutdown(), then drops the driver on this thread (see election.cpp).
+void release_driver(std::shared_ptr<ElectionDriver>& driver) noexcept;
 
 }  // namespace leader::detail

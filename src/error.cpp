@@ -32,6 +32,8 @@ class Category final : public std::error_category {
         return "not found";
       case Errc::other:
         return "error";
+      case Errc::bucket_missing:
+        return "bucket missing and cannot be created";
     }
     return "unknown leader error";
   }

@@ -115,6 +115,19 @@ void ThreadPool::shutdown() {
   for (auto& t : threads_) join_or_detach(t);
 }
 
+void ThreadPool::shutdown_detached() noexcept {
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->stop = true;
+    state_->tasks.clear();
+  }
+  state_->cv.notify_all();
+  for (auto& t : threads_) {
+    if (t.joinable()) t.detach();
+  }
+  delete this;
+}
+
 bool ThreadPool::in_pool_thread() const noexcept {
   for (const auto& t : threads_) {
     if (t.get_id() == std::this_thread::get_id()) return true;

@@ -60,6 +60,9 @@ class ThreadPool {
   /// Drains the queue and joins (idempotent; detaches the calling thread
   /// if it is one of the pool's).
   void shutdown();
+  /// Stops taking tasks and lets the threads end by themselves, without
+  /// waiting (for a thread that may be stuck in user code); deletes this.
+  void shutdown_detached() noexcept;
 
  private:
   struct State;

@@ -15,6 +15,12 @@ const char* to_string(DemoteReason reason) noexcept {
       return "lease_expired";
     case DemoteReason::lost:
       return "lost";
+    case DemoteReason::disconnected:
+      return "disconnected";
+    case DemoteReason::unhealthy:
+      return "unhealthy";
+    case DemoteReason::handover:
+      return "handover";
   }
   return "unknown";
 }

@@ -58,14 +58,44 @@ struct Config {
   /// How long `start()` waits to open (or create) the bucket. Default 5 s.
   std::chrono::milliseconds start_timeout{5000};
 
+  /// While disconnected from NATS a leader keeps its role for this long,
+  /// never past its lease deadline (a longer value is clamped to
+  /// ttl - safety_margin, with a warning at start). On reconnect it reads
+  /// the key (leader-routed) and demotes unless it still holds it.
+  /// 0: derived as ttl - safety_margin (the lease decides).
+  std::chrono::milliseconds disconnect_grace{0};
+  /// While leading, also validate the key with a leader-routed read this
+  /// often, and demote on a mismatch (validate-or-demote); renewals
+  /// validate too. 0: off. At least 10 ms.
+  std::chrono::milliseconds validation_interval{0};
+  /// Bound of one health check run. 0: derived as heartbeat_interval / 2.
+  std::chrono::milliseconds health_timeout{0};
+  /// After this many failed health checks in a row the leader steps down
+  /// (releasing the key) and the instance does not campaign until a check
+  /// passes again. 1..1000. Default 3.
+  int max_health_failures = 3;
+  /// After this many failed acquire attempts in a row (errors, not a key
+  /// held by someone else) campaigning pauses for `breaker_open`, then one
+  /// probe is let through (half-open). 1..1000. Default 5.
+  int breaker_threshold = 5;
+  /// How long the breaker stays open. 0: derived as ttl. At most 1 h.
+  std::chrono::milliseconds breaker_open{0};
+
   /// Storage used when `start()` creates the bucket; an existing bucket
   /// with other storage is an error. Default file.
   Storage storage = Storage::file;
   /// Replicas used when `start()` creates the bucket (1..5). Default 1;
   /// R3 is recommended for production.
   int replicas = 1;
-  /// Informational priority stored in the record. Default 0.
+  /// Priority stored in the record (-1000000..1000000). Default 0. With
+  /// `priority_handover`, a higher priority takes the role over.
   int priority = 0;
+  /// A follower whose priority is higher than the leader's asks it to hand
+  /// over (a request in the key `_leader.handover.<role>`); the leader, at
+  /// its next renewal, ends its term (on_demote returns first) and writes
+  /// the role's key over to the requester with a compare-and-swap. Never an
+  /// overwrite of a live lease. Default false.
+  bool priority_handover = false;
   /// Free-form metadata stored in the record, shown to other candidates
   /// and operators. Keep it small; never put secrets here.
   std::map<std::string, std::string> metadata;

@@ -65,8 +65,22 @@ class Election {
   /// The current leader's instance id as last seen; nullopt when none is
   /// known; empty when the key holds an unreadable record.
   std::optional<std::string> leader_id() const;
-  /// The fencing token of the current term while leading, else nullopt.
+  /// The current term's revision while leading, else nullopt.
   std::optional<std::uint64_t> token() const noexcept;
+  /// The current term's fencing token while leading, else nullopt.
+  std::optional<FencingToken> fencing_token() const noexcept;
+
+  /// "Am I still the leader of the current term?", answered linearizably:
+  /// by a leader-routed read of the key (never a replica's possibly stale
+  /// copy), unless a renewal or read confirmed it within `max_staleness`
+  /// (the cached mode for hot paths; 0: always read). Blocks for at most
+  /// `call_timeout`. False when not leading, when the key is not ours, or
+  /// when the answer cannot be had in time (fails closed). A mismatch seen
+  /// here demotes the election at once.
+  bool validate_token(std::chrono::milliseconds max_staleness = std::chrono::milliseconds{0}) const;
+  /// As above, and `token` must be the current term's token.
+  bool validate_token(const FencingToken& token,
+                      std::chrono::milliseconds max_staleness = std::chrono::milliseconds{0}) const;
   /// A snapshot of the election.
   Status status() const;
   /// The validated configuration, with derived fields filled in.

@@ -32,6 +32,8 @@ enum class Errc {
   not_found = 9,
   /// Any other failure; the message says what it was.
   other = 10,
+  /// The bucket's stream is gone and cannot be re-created.
+  bucket_missing = 11,
 };
 
 /// The `leader` error category.

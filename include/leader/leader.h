@@ -5,5 +5,7 @@
 #include "leader/connection.h"
 #include "leader/election.h"
 #include "leader/error.h"
+#include "leader/fencing.h"
+#include "leader/observer.h"
 #include "leader/telemetry.h"
 #include "leader/types.h"

@@ -8,6 +8,8 @@
 #include <string>
 #include <system_error>
 
+#include "leader/fencing.h"
+
 namespace leader {
 
 namespace detail {
@@ -26,11 +28,18 @@ enum class DemoteReason {
   /// The lease deadline passed without a successful renewal.
   lease_expired,
   /// The key is held by someone else (a renewal conflicted and the key
-  /// does not carry our nonce), or it vanished.
+  /// does not carry our nonce), or it vanished, or a validation failed.
   lost,
+  /// Disconnected from NATS for longer than `disconnect_grace`.
+  disconnected,
+  /// `max_health_failures` health checks in a row failed.
+  unhealthy,
+  /// Handed the role to a higher-priority candidate (priority_handover).
+  handover,
 };
 
-/// Returns "stopped", "stepped_down", "lease_expired" or "lost".
+/// Returns "stopped", "stepped_down", "lease_expired", "lost",
+/// "disconnected", "unhealthy" or "handover".
 const char* to_string(DemoteReason reason) noexcept;
 /// Returns "connected", "disconnected", "reconnecting" or "closed".
 const char* to_string(ConnectionState state) noexcept;
@@ -40,9 +49,12 @@ const char* to_string(ConnectionState state) noexcept;
 /// compares `deadline()` with the steady clock) and stops when it is true.
 class Term {
  public:
-  /// The fencing token: the revision of the create that won this term.
-  /// Strictly increasing across the terms of a role (file storage).
+  /// The revision of the create that won this term. Strictly increasing
+  /// across the terms of a role while its bucket is not re-created; use
+  /// `fencing_token()` where the bucket may be re-created.
   std::uint64_t token() const noexcept { return token_; }
+  /// The fencing token of this term: {bucket epoch, revision}.
+  FencingToken fencing_token() const noexcept { return FencingToken{epoch_, token_}; }
   /// True once this term is over: demoted, stopped, or the lease deadline
   /// has passed (checked against the steady clock on every call).
   bool lost() const noexcept;
@@ -51,11 +63,12 @@ class Term {
   std::chrono::steady_clock::time_point deadline() const noexcept;
 
   /// For the library (and tests): a term bound to shared lease state.
-  Term(std::uint64_t token, std::shared_ptr<const detail::LeaseState> lease) noexcept
-      : token_(token), lease_(std::move(lease)) {}
+  Term(std::uint64_t token, std::uint64_t epoch, std::shared_ptr<const detail::LeaseState> lease) noexcept
+      : token_(token), epoch_(epoch), lease_(std::move(lease)) {}
 
  private:
   std::uint64_t token_;
+  std::uint64_t epoch_;
   std::shared_ptr<const detail::LeaseState> lease_;
 };
 
@@ -68,6 +81,9 @@ struct LeaderInfo {
   std::uint64_t term = 0;
   /// The holder's priority from its record.
   int priority = 0;
+  /// Observers: time until the holder's lease ends at the latest, as last
+  /// seen (0 when unknown or no holder).
+  std::chrono::milliseconds lease_remaining{0};
 };
 
 /// A background failure, given to `on_error`.
@@ -95,6 +111,11 @@ struct Callbacks {
   std::function<void(const std::optional<LeaderInfo>& leader)> on_leader_change;
   /// A background failure worth a person's attention.
   std::function<void(const ErrorInfo& error)> on_error;
+  /// Optional health check (the HealthChecker): true when this instance is
+  /// fit to lead. Runs on a thread of its own before each renewal (and
+  /// every heartbeat while following), bounded by `health_timeout`; a hung
+  /// or throwing check counts as a failure and never delays a renewal.
+  std::function<bool()> health_check;
 };
 
 /// Phase of an election.
@@ -133,6 +154,14 @@ struct Status {
   ConnectionState connection = ConnectionState::connected;
   /// The last background error (empty code if none since start).
   ErrorInfo last_error;
+  /// False while the health check fails (`max_health_failures` in a row);
+  /// an unhealthy instance does not campaign.
+  bool healthy = true;
+  /// True while repeated failures keep campaigning paused (circuit
+  /// breaker open); it half-opens after `breaker_open` to probe.
+  bool circuit_open = false;
+  /// The current term's fencing token while leading.
+  FencingToken fencing_token;
 };
 
 /// Options of `Election::stop()`.

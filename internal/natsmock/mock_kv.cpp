@@ -36,6 +36,7 @@ struct Message {
 
 struct Bucket {
   detail::BucketSpec spec;
+  std::uint64_t epoch = 0;  // "stream creation time": grows with each (re-)creation
   std::uint64_t last_seq = 0;
   std::map<std::string, std::deque<Message>> keys;  // oldest first
 };
@@ -87,6 +88,7 @@ struct ServerCore {
   mutable std::condition_variable cv;  // hangs and hang counts
   std::atomic<bool> shutdown{false};
   bool jetstream = true;
+  std::uint64_t next_epoch = 1700000000000;  // ms; each bucket creation takes a later one
   std::map<std::string, Bucket> buckets;
   std::vector<std::shared_ptr<WatchCore>> watches;
   std::vector<CallRecord> log;
@@ -653,9 +655,12 @@ detail::OpenResult MockClient::open_bucket(const detail::BucketSpec& spec, Durat
       return fail(KvOutcome::other, Errc::bucket_mismatch, *mismatch);
     }
   } else {
-    s.buckets[spec.name].spec = spec;
+    impl::Bucket& created = s.buckets[spec.name];
+    created.spec = spec;
+    created.epoch = s.next_epoch++;
   }
   rec.outcome = KvOutcome::ok;
+  result.epoch = impl::find_bucket(s, spec.name)->epoch;
   impl::record(s, std::move(rec));
   result.store = std::make_shared<impl::MockStore>(core_, spec.name);
   return result;
@@ -835,7 +840,9 @@ std::shared_ptr<MockClient> MockServer::client(std::string name) {
 bool MockServer::create_bucket(const detail::BucketSpec& spec) {
   std::lock_guard<std::mutex> lk(core_->mu);
   if (impl::Bucket* b = impl::find_bucket(*core_, spec.name)) return !impl::spec_mismatch(b->spec, spec);
-  core_->buckets[spec.name].spec = spec;
+  impl::Bucket& created = core_->buckets[spec.name];
+  created.spec = spec;
+  created.epoch = core_->next_epoch++;
   return true;
 }
 

@@ -53,6 +53,7 @@ Sim::Candidate& Sim::add(Config config) {
   auto opened = c->client->open_bucket(spec, 1s);
   if (!opened.store) throw std::runtime_error("sim: open_bucket failed: " + opened.message);
   c->store = opened.store;
+  c->core->set_epoch(opened.epoch);
   auto& ref = *c;
   c->client->subscribe_state([this, &ref](ConnectionState state) {
     schedule(now() + ref.state_latency, [this, &ref, state] {
@@ -67,12 +68,24 @@ Sim::Candidate& Sim::add(Config config) {
 
 Sim::Candidate& Sim::get(const std::string& id) { return *candidates_.at(id); }
 
+void Sim::set_metrics(const std::string& id, std::shared_ptr<detail::ElectionMetrics> metrics) {
+  auto& c = get(id);
+  c.metrics = std::move(metrics);
+  c.core->set_metrics(c.metrics.get());
+}
+
 void Sim::schedule(TimePoint at, std::function<void()> fn) { queue_.push(Event{at, seq_++, std::move(fn)}); }
 
 void Sim::start(const std::string& id) {
   auto& c = get(id);
   c.core->start(now());
   dispatch(c);
+}
+
+void Sim::set_health(const std::string& id, std::function<std::optional<bool>()> health) {
+  auto& c = get(id);
+  c.health = std::move(health);
+  c.core->set_health_enabled(true);
 }
 
 void Sim::stop(const std::string& id, bool release, Duration timeout) {
@@ -127,18 +140,19 @@ void Sim::execute(Candidate& c, detail::Action& action) {
   using detail::Notify;
   if (auto* call = std::get_if<detail::KvCall>(&action)) {
     detail::KvResult r;
+    const std::string& key = call->key.empty() ? key_ : call->key;
     switch (call->kind) {
       case detail::OpKind::get:
-        r = c.store->get(key_, call->timeout);
+        r = c.store->get(key, call->timeout);
         break;
       case detail::OpKind::create:
-        r = c.store->create(key_, call->value, call->expected, call->timeout);
+        r = c.store->create(key, call->value, call->expected, call->timeout);
         break;
       case detail::OpKind::update:
-        r = c.store->update(key_, call->value, call->expected.value_or(0), call->timeout);
+        r = c.store->update(key, call->value, call->expected.value_or(0), call->timeout);
         break;
       case detail::OpKind::erase:
-        r = c.store->erase(key_, call->expected.value_or(0), call->timeout);
+        r = c.store->erase(key, call->expected.value_or(0), call->timeout);
         break;
     }
     schedule(now() + c.result_latency, [this, &c, id = call->id, r] {
@@ -171,6 +185,7 @@ void Sim::execute(Candidate& c, detail::Action& action) {
       case Notify::Kind::promote:
         c.events.push_back(fmt::format("promote:{}", n->token));
         tokens_.push_back(n->token);
+        fencing_tokens_.push_back(FencingToken{n->epoch, n->token});
         ++c.promotions;
         break;
       case Notify::Kind::demote:
@@ -194,6 +209,29 @@ void Sim::execute(Candidate& c, detail::Action& action) {
       case Notify::Kind::error:
         c.events.push_back("error:" + n->error.message);
         break;
+    }
+  } else if (std::holds_alternative<detail::RefreshBucket>(action)) {
+    detail::BucketSpec spec;
+    spec.name = c.config.bucket;
+    spec.ttl = c.config.ttl;
+    spec.storage = c.config.storage;
+    spec.replicas = c.config.replicas;
+    auto opened = c.client->open_bucket(spec, 1s);
+    schedule(now() + c.result_latency, [this, &c, opened] {
+      if (c.crashed) return;
+      if (opened.store) c.store = opened.store;
+      c.core->on_bucket(opened.store ? std::optional<std::uint64_t>(opened.epoch) : std::nullopt,
+                        opened.error, opened.message, now());
+      dispatch(c);
+    });
+  } else if (auto* check = std::get_if<detail::HealthCheck>(&action)) {
+    const std::optional<bool> answer = c.health ? c.health() : std::optional<bool>(true);
+    if (answer) {
+      schedule(now() + c.result_latency, [this, &c, id = check->id, ok = *answer] {
+        if (c.crashed) return;
+        c.core->on_health(id, ok, now());
+        dispatch(c);
+      });
     }
   } else if (std::holds_alternative<detail::Finished>(action)) {
     c.events.push_back("finished");

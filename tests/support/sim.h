@@ -56,9 +56,16 @@ class Sim {
     std::uint64_t tick_generation = 0;
     std::optional<TimePoint> tick_at;
     int promotions = 0;
+    /// Answers health checks: true/false, or nullopt to never answer (a
+    /// hung check). Unset: checks are not enabled for the candidate.
+    std::function<std::optional<bool>()> health;
+    /// Answer to RefreshBucket: the bucket re-opened through the mock
+    /// (it is re-created if gone), after result_latency.
     /// A crashed candidate gets no more events (its process is gone); its
     /// last lease still counts in the two-leader check until its deadline.
     bool crashed = false;
+    /// What the core reports metrics to (none by default); see set_metrics.
+    std::shared_ptr<detail::ElectionMetrics> metrics;
   };
 
   explicit Sim(std::uint64_t seed = 1);
@@ -73,7 +80,12 @@ class Sim {
   Candidate& add(const std::string& id) { return add(sim_config(id)); }
   Candidate& get(const std::string& id);
 
+  /// Makes `id`'s core report to `metrics` (kept alive by the candidate).
+  void set_metrics(const std::string& id, std::shared_ptr<detail::ElectionMetrics> metrics);
+
   void start(const std::string& id);
+  /// Enables health checks on `id`'s core, answered by `health`.
+  void set_health(const std::string& id, std::function<std::optional<bool>()> health);
   void stop(const std::string& id, bool release = true, Duration timeout = 5s);
   void step_down(const std::string& id, Duration cooldown = 0ms);
   void demote_returns(const std::string& id);
@@ -95,6 +107,8 @@ class Sim {
   int max_leaders_seen() const { return max_leaders_; }
   /// Every token promoted, in order, across candidates.
   const std::vector<std::uint64_t>& tokens() const { return tokens_; }
+  /// Every fencing token promoted, in order.
+  const std::vector<FencingToken>& fencing_tokens() const { return fencing_tokens_; }
 
   const std::string& bucket() const { return bucket_; }
   const std::string& key() const { return key_; }
@@ -119,6 +133,7 @@ class Sim {
   std::uint64_t seed_;
   int max_leaders_ = 0;
   std::vector<std::uint64_t> tokens_;
+  std::vector<FencingToken> fencing_tokens_;
   std::string bucket_ = "sim";
   std::string key_ = "role";
 };

@@ -501,7 +501,13 @@ TEST(CoreTest, RandomFaultsNeverMakeTwoLeaders) {
     Sim sim(seed);
     std::mt19937_64 rng(seed);
     std::vector<std::string> ids = {"a", "b", "c", "d"};
-    for (const auto& id : ids) sim.add(id);
+    for (const auto& id : ids) {
+      // Odd seeds also hand over between random priorities.
+      Config c = sim_config(id);
+      c.priority = static_cast<int>(rng() % 3);
+      c.priority_handover = seed % 2 == 1;
+      sim.add(c);
+    }
     for (const auto& id : ids) sim.start(id);
     for (int step = 0; step < 60; ++step) {
       sim.run_for(std::chrono::milliseconds(rng() % 400));
