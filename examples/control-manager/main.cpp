@@ -7,13 +7,28 @@
 //
 // Events: started, promoted term=<token>, demoted reason=<reason>,
 // leader leader=<id|none|unknown> term=<t>, error code=<n> msg="<text>",
-// reconcile term=<token> n=<count>, stopped.
+// reconcile term=<token> n=<count>, metrics addr=<host:port> (the /metrics
+// endpoint listens; the actual port when 0 was asked for), stopped; and for
+// the fenced writes: write token=<epoch.revision> n=<count>,
+// fenced token=<mine> highest=<stored>, write_error token=<mine> msg="<text>",
+// write_pending token=<mine> delay_ms=<d> (only with --write-delay).
+//
+// Fencing: each reconcile iteration writes its result to a state key (the
+// role name, in the bucket --state-bucket) the way a downstream resource
+// should be written: the value carries the writer's fencing token, and a
+// write is accepted only if the key holds no higher token, atomically by
+// compare-and-swap on the key's revision (fenced_store.h). The loop checks
+// Term::lost() before each write (the normal path); the token check is the
+// safety net for a leader that was paused between that check and its write
+// (GC pause, SIGSTOP, a slow disk) while another instance took over: its
+// write is rejected ("fenced") and it stops writing for that term.
 
 #include <pthread.h>
 #include <signal.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -23,10 +38,15 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <utility>
 
+#include <prometheus/exposer.h>
+#include <prometheus/registry.h>
+
+#include "fenced_store.h"
 #include "leader/leader.h"
 
 namespace {
@@ -35,6 +55,9 @@ constexpr const char* kUsage =
     "usage: control-manager [flags]\n"
     "\n"
     "Runs a simulated reconcile loop only while this instance leads the role.\n"
+    "Each iteration writes its result to a state key, fenced by the term's token:\n"
+    "a write carrying a lower token than the key's is rejected (event=fenced)\n"
+    "and the loop stops writing until the next term.\n"
     "\n"
     "flags:\n"
     "  --nats-url URL           NATS server URL(s), comma-separated\n"
@@ -45,6 +68,15 @@ constexpr const char* kUsage =
     "  --ttl DURATION           lease length, e.g. 10s, 3s, 500ms (default: 10s)\n"
     "  --heartbeat DURATION     renewal interval (default: derived from the TTL)\n"
     "  --work-interval DURATION reconcile period while leading (default: 200ms)\n"
+    "  --state-bucket NAME      KV bucket of the fenced state key (the key is the\n"
+    "                           role name); created if missing\n"
+    "                           (default: <bucket>-state)\n"
+    "  --write-delay DURATION   sleep between the Term::lost() check and the\n"
+    "                           fenced write of each iteration, to widen the window\n"
+    "                           in which a paused leader may become stale; not cut\n"
+    "                           short by a demotion or shutdown (default: 0)\n"
+    "  --metrics-addr HOST:PORT serve Prometheus metrics at http://HOST:PORT/metrics\n"
+    "                           (port 0: any free port; default: off)\n"
     "  --help                   print this help and exit\n"
     "\n"
     "Exit status: 0 after SIGINT/SIGTERM (leadership released), 1 when the\n"
@@ -58,6 +90,9 @@ struct Options {
   std::chrono::milliseconds ttl{10000};
   std::chrono::milliseconds heartbeat{0};
   std::chrono::milliseconds work_interval{200};
+  std::string state_bucket;  // empty: <bucket>-state
+  std::chrono::milliseconds write_delay{0};
+  std::string metrics_addr;  // empty: no metrics
 };
 
 /// A bad command line: the message is printed with the usage, exit 2.
@@ -71,6 +106,14 @@ std::string default_instance_id() {
     std::snprintf(host, sizeof(host), "localhost");
   }
   return std::string(host) + "-" + std::to_string(getpid());
+}
+
+bool valid_bucket_name(const std::string& name) {
+  if (name.empty()) return false;
+  for (char c : name) {
+    if (std::isalnum(static_cast<unsigned char>(c)) == 0 && c != '-' && c != '_') return false;
+  }
+  return true;
 }
 
 Options parse_args(int argc, char** argv) {
@@ -120,11 +163,27 @@ Options parse_args(int argc, char** argv) {
     } else if (name == "--work-interval") {
       options.work_interval = take_duration("work-interval");
       if (options.work_interval.count() <= 0) throw UsageError{"--work-interval must be above 0"};
+    } else if (name == "--metrics-addr") {
+      options.metrics_addr = take_value();
+      const auto colon = options.metrics_addr.rfind(':');
+      if (colon == std::string::npos || colon == 0 || colon + 1 == options.metrics_addr.size()) {
+        throw UsageError{"--metrics-addr must be HOST:PORT, e.g. 127.0.0.1:9464"};
+      }
+    } else if (name == "--state-bucket") {
+      options.state_bucket = take_value();
+      if (!valid_bucket_name(options.state_bucket)) {
+        throw UsageError{"--state-bucket: '" + options.state_bucket +
+                         "' is not a bucket name (letters, digits, '-' and '_')"};
+      }
+    } else if (name == "--write-delay") {
+      options.write_delay = take_duration("write-delay");
+      if (options.write_delay.count() < 0) throw UsageError{"--write-delay must not be negative"};
     } else {
       throw UsageError{"unknown flag '" + name + "'"};
     }
   }
   if (!id_given) options.id = default_instance_id();
+  if (options.state_bucket.empty()) options.state_bucket = options.bucket + "-state";
   return options;
 }
 
@@ -176,13 +235,19 @@ std::string quoted(const std::string& text) {
 
 /// The leader-only work: a loop that runs on its own thread for one term.
 /// It checks `Term::lost()` every interval, so it ends by itself when the
-/// lease runs out even if `on_demote` is late; `stop()` ends it at once.
+/// lease runs out even if `on_demote` is late; `stop()` ends it at once
+/// (after a write in progress, and after a --write-delay in progress).
+/// Each iteration writes its result to the fenced state key.
 class Reconciler {
  public:
-  Reconciler(EventLog& log, std::chrono::milliseconds interval) : log_(log), interval_(interval) {}
+  Reconciler(EventLog& log, std::chrono::milliseconds interval, std::chrono::milliseconds write_delay)
+      : log_(log), interval_(interval), write_delay_(write_delay) {}
   ~Reconciler() { stop(); }
   Reconciler(const Reconciler&) = delete;
   Reconciler& operator=(const Reconciler&) = delete;
+
+  /// The state key to write to; set before the first `start()`.
+  void set_store(control_manager::FencedStore* store) { store_ = store; }
 
   void start(const leader::Term& term) {
     stop();
@@ -212,17 +277,47 @@ class Reconciler {
         if (cv_.wait_for(lock, interval_, [this] { return stop_requested_; })) return;
       }
       if (term.lost()) return;
-      // A real reconcile would write to downstream systems here, passing
-      // term.token() so they can reject a stale leader's writes.
       ++n;
       if (n % 5 == 0) {
         log_.emit("reconcile", "term=" + std::to_string(term.token()) + " n=" + std::to_string(n));
       }
+      if (!write_state(term)) return;
     }
+  }
+
+  /// Writes this iteration's result to the state key, fenced by the term's
+  /// token. Returns false when the write was fenced: this term is stale
+  /// (another instance leads with a higher token), so stop writing.
+  bool write_state(const leader::Term& term) {
+    if (store_ == nullptr) return true;
+    const leader::FencingToken token = term.fencing_token();
+    const std::string mine = token.to_string();
+    if (write_delay_.count() > 0) {
+      // Deliberately not interruptible: it stands for a pause of the whole
+      // process (GC, SIGSTOP, swapping) right after the lost() check.
+      log_.emit("write_pending", "token=" + mine + " delay_ms=" + std::to_string(write_delay_.count()));
+      std::this_thread::sleep_for(write_delay_);
+    }
+    const control_manager::WriteOutcome outcome = store_->write(token);
+    switch (outcome.kind) {
+      case control_manager::WriteOutcome::Kind::written:
+        log_.emit("write", "token=" + mine + " n=" + std::to_string(outcome.n));
+        return true;
+      case control_manager::WriteOutcome::Kind::fenced:
+        log_.emit("fenced", "token=" + mine + " highest=" + outcome.highest.to_string());
+        return false;
+      case control_manager::WriteOutcome::Kind::failed:
+        break;
+    }
+    // Not written (or unknown); the next iteration reads and tries again.
+    log_.emit("write_error", "token=" + mine + " msg=" + quoted(outcome.error));
+    return true;
   }
 
   EventLog& log_;
   const std::chrono::milliseconds interval_;
+  const std::chrono::milliseconds write_delay_;
+  control_manager::FencedStore* store_ = nullptr;
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_requested_ = false;
@@ -231,7 +326,9 @@ class Reconciler {
 
 int run(const Options& options, const sigset_t& stop_signals) {
   EventLog log(options.id);
-  Reconciler reconciler(log, options.work_interval);
+  // Declared before the reconciler, so it outlives the reconcile thread.
+  std::unique_ptr<control_manager::FencedStore> store;
+  Reconciler reconciler(log, options.work_interval, options.write_delay);
 
   leader::Config config;
   config.bucket = options.bucket;
@@ -241,6 +338,23 @@ int run(const Options& options, const sigset_t& stop_signals) {
   config.heartbeat_interval = options.heartbeat;
   // Bad configuration is reported before any connection attempt.
   config.validate();
+
+  // Optional /metrics endpoint. The election reports to the registry only
+  // when one is passed; without --metrics-addr it creates no metrics at all.
+  std::shared_ptr<prometheus::Registry> registry;
+  std::unique_ptr<prometheus::Exposer> exposer;
+  if (!options.metrics_addr.empty()) {
+    registry = std::make_shared<prometheus::Registry>();
+    try {
+      exposer = std::make_unique<prometheus::Exposer>(options.metrics_addr, 1);
+    } catch (const std::exception& e) {
+      throw std::runtime_error("cannot serve metrics at " + options.metrics_addr + ": " + e.what());
+    }
+    exposer->RegisterCollectable(registry);
+    const auto ports = exposer->GetListeningPorts();
+    const std::string host = options.metrics_addr.substr(0, options.metrics_addr.rfind(':'));
+    log.emit("metrics", "addr=" + host + ":" + std::to_string(ports.empty() ? 0 : ports.front()));
+  }
 
   leader::Callbacks callbacks;
   callbacks.on_promote = [&](const leader::Term& term) {
@@ -270,7 +384,20 @@ int run(const Options& options, const sigset_t& stop_signals) {
   connection_options.name = "control-manager " + options.id;
   auto connection = leader::Connection::connect(connection_options);
 
-  leader::Election election(connection, config, callbacks);
+  // The downstream resource the reconcile loop writes to (its own
+  // connection and bucket; see fenced_store.h).
+  control_manager::FencedStore::Options store_options;
+  store_options.url = options.nats_url;
+  store_options.name = "control-manager " + options.id + " state";
+  store_options.bucket = options.state_bucket;
+  store_options.key = config.role;
+  store_options.holder = options.id;
+  store = control_manager::FencedStore::open(store_options);
+  reconciler.set_store(store.get());
+
+  leader::Telemetry telemetry;
+  telemetry.registry = registry;
+  leader::Election election(connection, config, callbacks, telemetry);
   election.start();
   const leader::Config& resolved = election.config();
   log.emit("started", "bucket=" + resolved.bucket + " role=" + resolved.role +
