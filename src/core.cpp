@@ -127,7 +127,8 @@ void ElectionCore::on_tick(TimePoint now) {
       actions_.emplace_back(HealthCheck{++health_id_});
     }
   }
-  if (state_ == ElectionState::cooling_down && now >= cooldown_until_) campaign_now(now, /*jitter=*/false);
+  if (state_ == ElectionState::cooling_down && now >= cooldown_until_)
+    campaign_now(now, /*with_jitter=*/false);
   // While disconnected a create would only wait in the client's reconnect
   // buffer and land later, stale; the reconnect triggers a read instead.
   if (acquire_at_ && now >= *acquire_at_ && !create_op_ && connection_ == ConnectionState::connected) {
@@ -920,7 +921,7 @@ void ElectionCore::after_release(TimePoint now) {
     set_state(ElectionState::cooling_down);
     return;
   }
-  campaign_now(now, /*jitter=*/true);
+  campaign_now(now, /*with_jitter=*/true);
 }
 
 void ElectionCore::campaign_now(TimePoint now, bool with_jitter) {
@@ -1053,8 +1054,9 @@ void ElectionCore::on_request_result(const PendingOp& op, const KvResult& r, Tim
 }
 
 void ElectionCore::on_request_read(const KvResult& r, TimePoint now) {
-  if (!lease_ || demote_pending_ || r.outcome != KvOutcome::ok || !r.entry || r.entry->op != EntryOp::put)
+  if (!lease_ || demote_pending_ || r.outcome != KvOutcome::ok || !r.entry || r.entry->op != EntryOp::put) {
     return;
+  }
   const auto request = decode_record(r.entry->value);
   if (!request || request->holder == cfg_.instance_id || request->priority <= cfg_.priority) return;
   log_->info("{} handing over to {} (priority {} > {})", who(), request->holder, request->priority,
@@ -1184,8 +1186,9 @@ Status ElectionCore::status(TimePoint now) const {
     } else if (known_ && known_->op == EntryOp::put) {
       end = known_->first_seen + cfg_.ttl;
     }
-    if (end > now)
+    if (end > now) {
       s.leader->lease_remaining = std::chrono::duration_cast<std::chrono::milliseconds>(end - now);
+    }
   }
   return s;
 }

@@ -214,7 +214,7 @@ class ElectionCore {
   void maybe_finish(TimePoint now);
   void finish(TimePoint now);
   void ensure_progress(TimePoint now);
-  void campaign_now(TimePoint now, bool jitter);
+  void campaign_now(TimePoint now, bool with_jitter);
   void set_state(ElectionState s);
 
   // Helpers.
