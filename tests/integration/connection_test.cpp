@@ -11,7 +11,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cctype>
 #include <chrono>
 #include <condition_variable>
 #include <functional>
@@ -28,7 +27,9 @@
 #include "kv.h"
 #include "leader/leader.h"
 #include "nats/nats_backend.h"
+#include "support/integration_helpers.h"
 #include "support/nats_server.h"
+#include "support/wait.h"
 
 namespace {
 
@@ -42,31 +43,13 @@ using leader::detail::KvResult;
 using leader::detail::KvStore;
 using leader::detail::Watch;
 using leader::detail::WatchEvent;
+using leader::testing::bucket_for_current_test;
+using leader::testing::eventually;
 using leader::testing::NatsServer;
 
-constexpr auto kCall = 2s;    // deadline of ordinary KV calls
-constexpr auto kPoll = 20ms;  // state_poll of adopted connections, unless a test says otherwise
-
-bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
-  const auto deadline = Clock::now() + timeout;
-  while (!pred()) {
-    if (Clock::now() >= deadline) return pred();
-    std::this_thread::sleep_for(2ms);
-  }
-  return true;
-}
-
-/// "<suite>-<test>" with every character a bucket name does not allow
-/// replaced by '-'.
-std::string bucket_for_current_test() {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  std::string name = std::string(info->test_suite_name()) + "-" + info->name();
-  for (char& c : name) {
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') c = '-';
-  }
-  if (name.size() > 64) name.resize(64);
-  return name;
-}
+constexpr auto kCall = 2s;       // deadline of ordinary KV calls
+constexpr auto kPoll = 20ms;     // state_poll of adopted connections, unless a test says otherwise
+constexpr auto kWaitPoll = 2ms;  // how often eventually() checks its condition
 
 /// A connection as an application would make it with nats.c, with its own
 /// disconnected / reconnected / closed callbacks that count calls. The
@@ -113,7 +96,7 @@ class AppConnection {
   void destroy() {
     if (nc_ == nullptr) return;
     natsConnection_Close(nc_);
-    wait_until([this] { return counters_->closed.load() > 0; }, 5000ms);
+    eventually([this] { return counters_->closed.load() > 0; }, 5000ms, kWaitPoll);
     natsConnection_Destroy(nc_);
     nc_ = nullptr;
   }
@@ -260,13 +243,13 @@ class ConnectionTest : public ::testing::Test {
   /// `connected`, then (after the caller's restart) `connected` again.
   static bool all_see(const std::vector<leader::Election*>& elections, bool connected,
                       std::chrono::milliseconds timeout) {
-    return wait_until(
+    return eventually(
         [&] {
           return std::all_of(elections.begin(), elections.end(), [&](leader::Election* e) {
             return (e->status().connection == ConnectionState::connected) == connected;
           });
         },
-        timeout);
+        timeout, kWaitPoll);
   }
 
   std::unique_ptr<NatsServer> server_;
@@ -283,14 +266,16 @@ TEST_F(ConnectionTest, AdoptLeavesTheApplicationsCallbacksInPlace) {
 
   server_->kill();
   // The application's callback fires: the library did not replace it.
-  ASSERT_TRUE(wait_until([&] { return app->counters().disconnected.load() >= 1; }, 5s));
-  ASSERT_TRUE(wait_until([&] { return log.heard(ConnectionState::disconnected); }, 5s)) << log.dump();
+  ASSERT_TRUE(eventually([&] { return app->counters().disconnected.load() >= 1; }, 5s, kWaitPoll));
+  ASSERT_TRUE(eventually([&] { return log.heard(ConnectionState::disconnected); }, 5s, kWaitPoll))
+      << log.dump();
   EXPECT_NE(connection->state(), ConnectionState::connected);
 
   server_->restart();
-  ASSERT_TRUE(wait_until([&] { return app->counters().reconnected.load() >= 1; }, 10s));
-  ASSERT_TRUE(wait_until(
-      [&] { return log.heard_in_order(ConnectionState::disconnected, ConnectionState::connected); }, 5s))
+  ASSERT_TRUE(eventually([&] { return app->counters().reconnected.load() >= 1; }, 10s, kWaitPoll));
+  ASSERT_TRUE(eventually(
+      [&] { return log.heard_in_order(ConnectionState::disconnected, ConnectionState::connected); }, 5s,
+      kWaitPoll))
       << log.dump();
   EXPECT_EQ(connection->state(), ConnectionState::connected);
   EXPECT_EQ(app->counters().closed.load(), 0);
@@ -334,12 +319,12 @@ TEST_F(ConnectionTest, AdoptedConnectionServesBucketsAndWatches) {
   // File storage: the value survived, and a new watch replays it.
   Recorder again;
   std::unique_ptr<Watch> watch2;
-  ASSERT_TRUE(wait_until(
+  ASSERT_TRUE(eventually(
       [&] {
         watch2 = store->watch("role", again.handler(), &err);
         return watch2 != nullptr;
       },
-      10s))
+      10s, kWaitPoll))
       << err.message;
   EXPECT_TRUE(again.wait_for_value("bob"));
   EXPECT_TRUE(again.wait_for(WatchEvent::Kind::replay_done));
@@ -367,13 +352,14 @@ TEST_F(ConnectionTest, AdoptedConnectionNoticesAReconnectBetweenTwoPolls) {
 
   server_->kill();
   server_->restart();
-  ASSERT_TRUE(wait_until([&] { return app->counters().reconnected.load() >= 1; }, 10s));
+  ASSERT_TRUE(eventually([&] { return app->counters().reconnected.load() >= 1; }, 10s, kWaitPoll));
   const bool before_first_poll = Clock::now() - adopted_at < kSlowPoll - 500ms && log.size() == 0;
 
   ASSERT_TRUE(rec.wait_for(WatchEvent::Kind::error, kSlowPoll + 5s));
   EXPECT_EQ(rec.first(WatchEvent::Kind::error)->error, KvOutcome::disconnected);
-  ASSERT_TRUE(wait_until(
-      [&] { return log.heard_in_order(ConnectionState::disconnected, ConnectionState::connected); }, 5s))
+  ASSERT_TRUE(eventually(
+      [&] { return log.heard_in_order(ConnectionState::disconnected, ConnectionState::connected); }, 5s,
+      kWaitPoll))
       << log.dump();
   if (!before_first_poll) {
     std::cout << "note: the restart outlasted the first poll; the status, not the counter, saw it\n";
@@ -400,7 +386,7 @@ TEST_F(ConnectionTest, ElectionsOnAnAdoptedConnectionSurviveAServerRestart) {
   server_->restart();
   ASSERT_TRUE(all_see(both, true, 15s));
   for (auto* e : both) {
-    ASSERT_TRUE(wait_until([&] { return e->is_leader() && e->validate_token(); }, 15s))
+    ASSERT_TRUE(eventually([&] { return e->is_leader() && e->validate_token(); }, 15s, kWaitPoll))
         << e->config().role << ": " << leader::to_string(e->status().state) << ", last error "
         << e->status().last_error.message;
   }
@@ -432,7 +418,8 @@ TEST_F(ConnectionTest, DestroyingTheConnectionLeavesTheApplicationsConnectionOpe
   }
   std::weak_ptr<leader::Connection> weak = connection;
   connection.reset();
-  ASSERT_TRUE(wait_until([&] { return weak.expired(); }, 5s)) << "something still holds the Connection";
+  ASSERT_TRUE(eventually([&] { return weak.expired(); }, 5s, kWaitPoll))
+      << "something still holds the Connection";
 
   // The application's connection is open and works.
   EXPECT_EQ(natsConnection_Status(app->get()), NATS_CONN_STATUS_CONNECTED);
@@ -458,7 +445,7 @@ TEST_F(ConnectionTest, DestroyingTheConnectionLeavesTheApplicationsConnectionOpe
   // The application's callbacks still work.
   server_->kill();
   server_->restart();
-  EXPECT_TRUE(wait_until([&] { return app->counters().reconnected.load() >= 1; }, 10s));
+  EXPECT_TRUE(eventually([&] { return app->counters().reconnected.load() >= 1; }, 10s, kWaitPoll));
 }
 
 TEST_F(ConnectionTest, AdoptedConnectionClosedByTheApplicationIsClosed) {
@@ -476,7 +463,7 @@ TEST_F(ConnectionTest, AdoptedConnectionClosedByTheApplicationIsClosed) {
   ASSERT_TRUE(rec.wait_for(WatchEvent::Kind::replay_done));
 
   app->close();
-  ASSERT_TRUE(wait_until([&] { return log.heard(ConnectionState::closed); }, 5s)) << log.dump();
+  ASSERT_TRUE(eventually([&] { return log.heard(ConnectionState::closed); }, 5s, kWaitPoll)) << log.dump();
   EXPECT_EQ(connection->state(), ConnectionState::closed);
   ASSERT_TRUE(rec.wait_for(WatchEvent::Kind::error));
   EXPECT_EQ(rec.first(WatchEvent::Kind::error)->error, KvOutcome::closed);
@@ -519,7 +506,7 @@ TEST_F(ConnectionTest, AdoptRejectsNullClosedAndBadArguments) {
   }
 
   app->close();
-  ASSERT_TRUE(wait_until([&] { return app->counters().closed.load() > 0; }, 5s));
+  ASSERT_TRUE(eventually([&] { return app->counters().closed.load() > 0; }, 5s, kWaitPoll));
   try {
     leader::Connection::adopt(app->get());
     FAIL() << "adopting a closed connection did not throw";
@@ -549,7 +536,7 @@ TEST_F(ConnectionTest, OneOwnedConnectionFansOutToEveryElection) {
   server_->restart();
   ASSERT_TRUE(all_see(both, true, 15s));
   for (auto* e : both) {
-    EXPECT_TRUE(wait_until([&] { return e->is_leader() && e->validate_token(); }, 15s))
+    EXPECT_TRUE(eventually([&] { return e->is_leader() && e->validate_token(); }, 15s, kWaitPoll))
         << e->config().role << ": " << leader::to_string(e->status().state);
   }
   a.stop();
@@ -569,7 +556,8 @@ TEST_F(ConnectionTest, OwnedBackendCallbacksOutliveTheBackend) {
     auto log = std::make_shared<StateLog>();
     backend->subscribe_state([log](ConnectionState s) { log->listener()(s); });
     backend.reset();
-    EXPECT_TRUE(wait_until([&] { return log->heard(ConnectionState::closed); }, 5s)) << log->dump();
+    EXPECT_TRUE(eventually([&] { return log->heard(ConnectionState::closed); }, 5s, kWaitPoll))
+        << log->dump();
   }
 }
 

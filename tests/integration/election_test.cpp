@@ -4,23 +4,16 @@
 // behaviour (graceful handover far below the TTL, crash failover about one
 // TTL), not performance; bench/ measures that.
 
-#include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
-#include <cctype>
-#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
-#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -32,14 +25,18 @@
 #include <gtest/gtest.h>
 
 #include "leader/leader.h"
+#include "support/child_process.h"
+#include "support/integration_helpers.h"
 #include "support/nats_server.h"
-
-extern char** environ;
+#include "support/wait.h"
 
 namespace {
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
+using leader::testing::bucket_for_current_test;
+using leader::testing::ChildProcess;
+using leader::testing::eventually;
 using leader::testing::NatsServer;
 
 #ifndef LEADER_CONTROL_MANAGER_BIN
@@ -49,140 +46,6 @@ using leader::testing::NatsServer;
 double ms_since(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
-
-/// Polls `pred` every millisecond until it holds or `timeout` passes.
-bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
-  const auto deadline = Clock::now() + timeout;
-  while (!pred()) {
-    if (Clock::now() >= deadline) return pred();
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
-
-/// A bucket name unique to the running test: "<suite>-<test>", with every
-/// character a bucket name does not allow replaced by '-'.
-std::string bucket_for_current_test() {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  std::string name = std::string(info->test_suite_name()) + "-" + info->name();
-  for (char& c : name) {
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') c = '-';
-  }
-  if (name.size() > 64) name.resize(64);
-  return name;
-}
-
-/// A child process whose stdout is read through a pipe. The destructor
-/// SIGKILLs and reaps it by its PID, so nothing outlives a failed test.
-class ChildProcess {
- public:
-  explicit ChildProcess(const std::vector<std::string>& argv) {
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC) != 0) {
-      error_ = std::string("pipe2: ") + std::strerror(errno);
-      return;
-    }
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
-    std::vector<char*> args;
-    args.reserve(argv.size() + 1);
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    const int rc = posix_spawn(&pid_, args[0], &actions, nullptr, args.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    close(fds[1]);
-    read_fd_ = fds[0];
-    if (rc != 0) {
-      pid_ = -1;
-      error_ = "posix_spawn " + argv[0] + ": " + std::strerror(rc);
-    }
-  }
-  ~ChildProcess() {
-    kill();
-    if (read_fd_ >= 0) close(read_fd_);
-  }
-  ChildProcess(const ChildProcess&) = delete;
-  ChildProcess& operator=(const ChildProcess&) = delete;
-
-  bool running() const { return pid_ > 0; }
-  const std::string& error() const { return error_; }
-  /// Everything the child printed so far, after reading what is available
-  /// for up to `wait` (for failure messages).
-  const std::string& output(std::chrono::milliseconds wait = 20ms) {
-    wait_for_line(std::string(1, '\0'), wait);
-    return output_;
-  }
-
-  /// Sends `sig` to the child, by its PID.
-  void signal(int sig) {
-    if (pid_ > 0) ::kill(pid_, sig);
-  }
-
-  /// Waits up to `timeout` for the child to exit and reaps it; returns its
-  /// wait status, or nullopt if it is still running.
-  std::optional<int> wait_exit(std::chrono::milliseconds timeout) {
-    const auto deadline = Clock::now() + timeout;
-    while (pid_ > 0) {
-      int status = 0;
-      const pid_t r = waitpid(pid_, &status, WNOHANG);
-      if (r == pid_) {
-        pid_ = -1;
-        return status;
-      }
-      if (r < 0 && errno != EINTR) return std::nullopt;
-      if (Clock::now() >= deadline) return std::nullopt;
-      std::this_thread::sleep_for(5ms);
-    }
-    return std::nullopt;
-  }
-
-  /// SIGKILL and reap.
-  void kill() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGKILL);
-    while (waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
-    }
-    pid_ = -1;
-  }
-
-  /// Reads stdout until a complete line containing `needle` arrives (lines
-  /// already read are searched too); nullopt on timeout or end of output.
-  std::optional<std::string> wait_for_line(const std::string& needle, std::chrono::milliseconds timeout) {
-    const auto deadline = Clock::now() + timeout;
-    while (true) {
-      while (scanned_ < output_.size()) {
-        const auto eol = output_.find('\n', scanned_);
-        if (eol == std::string::npos) break;
-        std::string line = output_.substr(scanned_, eol - scanned_);
-        scanned_ = eol + 1;
-        if (line.find(needle) != std::string::npos) return line;
-      }
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-      if (left <= 0ms || read_fd_ < 0) return std::nullopt;
-      pollfd pfd{read_fd_, POLLIN, 0};
-      const int n = poll(&pfd, 1, static_cast<int>(left.count()));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return std::nullopt;
-      char buf[4096];
-      const ssize_t got = read(read_fd_, buf, sizeof(buf));
-      if (got < 0 && errno == EINTR) continue;
-      if (got <= 0) {
-        close(read_fd_);
-        read_fd_ = -1;
-        continue;
-      }
-      output_.append(buf, static_cast<std::size_t>(got));
-    }
-  }
-
- private:
-  pid_t pid_ = -1;
-  int read_fd_ = -1;
-  std::string output_;
-  std::size_t scanned_ = 0;
-  std::string error_;
-};
 
 /// One candidate with its own connection, as a separate process would have.
 struct Candidate {
@@ -255,7 +118,7 @@ class ElectionTest : public ::testing::Test {
   void expect_exactly_one_leader(std::vector<Candidate>& candidates) {
     for (auto& c : candidates) c.election->start();
     const auto ttl = candidates.front().election->config().ttl;
-    ASSERT_TRUE(wait_until([&] { return count_leaders(candidates) > 0; }, ttl + 5s)) << "nobody leads";
+    ASSERT_TRUE(eventually([&] { return count_leaders(candidates) > 0; }, ttl + 5s)) << "nobody leads";
 
     // Sample for a while: never two leaders, and the leader keeps leading
     // across several renewals.
@@ -276,7 +139,7 @@ class ElectionTest : public ::testing::Test {
     ASSERT_GE(leader, 0);
     const std::string leader_id = candidates[leader].election->config().instance_id;
     ASSERT_TRUE(candidates[leader].election->token().has_value());
-    const bool all_agree = wait_until(
+    const bool all_agree = eventually(
         [&] {
           for (const auto& c : candidates) {
             if (c.election->leader_id() != std::optional<std::string>(leader_id)) return false;
@@ -309,7 +172,7 @@ TEST_F(ElectionTest, GracefulStopHandsOverFarBelowTtl) {
   const auto ttl = 10s;
   auto candidates = make_candidates(3, ttl);
   for (auto& c : candidates) c.election->start();
-  ASSERT_TRUE(wait_until([&] { return count_leaders(candidates) == 1; }, 15s));
+  ASSERT_TRUE(eventually([&] { return count_leaders(candidates) == 1; }, 15s));
   const int old_leader = leader_index(candidates);
   ASSERT_GE(old_leader, 0);
   const auto old_token = candidates[old_leader].election->token();
@@ -317,7 +180,7 @@ TEST_F(ElectionTest, GracefulStopHandsOverFarBelowTtl) {
   // Let the followers learn the leader, so the handover is driven by the
   // release (delete event), not by a first acquire.
   const std::string old_id = candidates[old_leader].election->config().instance_id;
-  ASSERT_TRUE(wait_until(
+  ASSERT_TRUE(eventually(
       [&] {
         for (const auto& c : candidates) {
           if (c.election->leader_id() != std::optional<std::string>(old_id)) return false;
@@ -333,7 +196,7 @@ TEST_F(ElectionTest, GracefulStopHandsOverFarBelowTtl) {
   const auto start = Clock::now();
   candidates[old_leader].election->stop();
   const double stop_ms = ms_since(start);
-  const bool taken_over = wait_until(
+  const bool taken_over = eventually(
       [&] {
         for (std::size_t i = 0; i < candidates.size(); ++i) {
           if (static_cast<int>(i) != old_leader && candidates[i].election->is_leader()) return true;
@@ -376,7 +239,7 @@ TEST_F(ElectionTest, KilledLeaderProcessIsReplacedAfterTtl) {
   follower.election = std::make_unique<leader::Election>(follower.connection, make_config("follower", ttl));
   follower.election->start();
   const auto hb = follower.election->config().heartbeat_interval;
-  ASSERT_TRUE(wait_until(
+  ASSERT_TRUE(eventually(
       [&] { return follower.election->leader_id() == std::optional<std::string>("cm-child"); }, 5s))
       << "the follower never saw the child lead; it sees "
       << follower.election->leader_id().value_or("<none>") << "; the child's output:\n"
@@ -388,7 +251,7 @@ TEST_F(ElectionTest, KilledLeaderProcessIsReplacedAfterTtl) {
 
   const auto killed_at = Clock::now();
   child.kill();
-  const bool took_over = wait_until([&] { return follower.election->is_leader(); }, ttl + 10s);
+  const bool took_over = eventually([&] { return follower.election->is_leader(); }, ttl + 10s);
   const double failover_ms = ms_since(killed_at);
   std::printf("[ measured ] crash failover %.2f ms (ttl %lld ms, heartbeat %lld ms)\n", failover_ms,
               static_cast<long long>(ttl.count()), static_cast<long long>(hb.count()));
@@ -424,14 +287,14 @@ TEST_F(ElectionTest, ControlManagerReleasesOnSigterm) {
   follower.connection = connect(url, "follower");
   follower.election = std::make_unique<leader::Election>(follower.connection, make_config("follower", ttl));
   follower.election->start();
-  ASSERT_TRUE(wait_until(
+  ASSERT_TRUE(eventually(
       [&] { return follower.election->leader_id() == std::optional<std::string>("cm-child"); }, 5s));
 
   // SIGTERM: the child stops its reconcile loop, releases the key and exits
   // 0; the follower takes over far below the TTL.
   const auto start = Clock::now();
   child.signal(SIGTERM);
-  const bool took_over = wait_until([&] { return follower.election->is_leader(); }, ttl + 5s);
+  const bool took_over = eventually([&] { return follower.election->is_leader(); }, ttl + 5s);
   const double handover_ms = ms_since(start);
   std::printf("[ measured ] SIGTERM to takeover %.2f ms\n", handover_ms);
   ASSERT_TRUE(took_over);
@@ -512,7 +375,7 @@ TEST_F(ElectionTest, CallbacksRunInOrderAndStopReleasesTheKey) {
   leader::Election a(connection_a, make_config("a", ttl), callbacks);
   a.start();
   ASSERT_TRUE(a.wait_for_leadership(10s));
-  ASSERT_TRUE(wait_until([&] { return !snapshot().empty(); }, 5s)) << "on_promote never ran";
+  ASSERT_TRUE(eventually([&] { return !snapshot().empty(); }, 5s)) << "on_promote never ran";
   const auto token = a.token();
   ASSERT_TRUE(token.has_value());
   {

@@ -8,24 +8,17 @@
 // fails (SIGKILL ends a SIGSTOPped child too). Time bounds derive from each
 // test's config and are wide on purpose.
 
-#include <fcntl.h>
 #include <nats/nats.h>
-#include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-#include <cctype>
-#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
 #include <fstream>
-#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -37,42 +30,24 @@
 
 #include "../../examples/control-manager/fenced_store.h"
 #include "leader/leader.h"
+#include "support/child_process.h"
+#include "support/integration_helpers.h"
 #include "support/nats_server.h"
-
-extern char** environ;
+#include "support/wait.h"
 
 namespace {
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 using leader::FencingToken;
+using leader::testing::ChildProcess;
+using leader::testing::eventually;
+using leader::testing::InheritedFds;
 using leader::testing::NatsServer;
 
 #ifndef LEADER_CONTROL_MANAGER_BIN
 #define LEADER_CONTROL_MANAGER_BIN ""
 #endif
-
-/// Polls `pred` every millisecond until it holds or `timeout` passes.
-bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
-  const auto deadline = Clock::now() + timeout;
-  while (!pred()) {
-    if (Clock::now() >= deadline) return pred();
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
-
-/// A bucket name unique to the running test (characters a bucket name does
-/// not allow become '-'); short enough to take a "-state" suffix.
-std::string bucket_for_current_test() {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  std::string name = std::string(info->test_suite_name()) + "-" + info->name();
-  for (char& c : name) {
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') c = '-';
-  }
-  if (name.size() > 56) name.resize(56);
-  return name;
-}
 
 /// The value of `key=` in an event line ("" when absent).
 std::string field(const std::string& line, const std::string& key) {
@@ -108,123 +83,6 @@ char process_state(pid_t pid) {
   if (paren == std::string::npos || paren + 2 >= line.size()) return '?';
   return line[paren + 2];
 }
-
-/// A child process whose stdout is read through a pipe. It inherits no
-/// descriptor above stderr (so none of this process's NATS sockets). The
-/// destructor SIGKILLs and reaps it by its PID, so nothing outlives a failed
-/// test.
-class ChildProcess {
- public:
-  explicit ChildProcess(const std::vector<std::string>& argv) {
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC) != 0) {
-      error_ = std::string("pipe2: ") + std::strerror(errno);
-      return;
-    }
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
-    posix_spawn_file_actions_addclosefrom_np(&actions, STDERR_FILENO + 1);
-    std::vector<char*> args;
-    args.reserve(argv.size() + 1);
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    const int rc = posix_spawn(&pid_, args[0], &actions, nullptr, args.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    close(fds[1]);
-    read_fd_ = fds[0];
-    if (rc != 0) {
-      pid_ = -1;
-      error_ = "posix_spawn " + argv[0] + ": " + std::strerror(rc);
-    }
-  }
-  ~ChildProcess() {
-    kill();
-    if (read_fd_ >= 0) close(read_fd_);
-  }
-  ChildProcess(const ChildProcess&) = delete;
-  ChildProcess& operator=(const ChildProcess&) = delete;
-
-  bool running() const { return pid_ > 0; }
-  pid_t pid() const { return pid_; }
-  const std::string& error() const { return error_; }
-
-  /// Everything the child printed so far, after reading what arrives
-  /// within `wait`.
-  const std::string& output(std::chrono::milliseconds wait = 20ms) {
-    wait_for_line(std::string(1, '\0'), wait);
-    return output_;
-  }
-
-  /// Sends `sig` to the child, by its PID.
-  void signal(int sig) {
-    if (pid_ > 0) ::kill(pid_, sig);
-  }
-
-  /// Waits up to `timeout` for the child to exit and reaps it; its wait
-  /// status, or nullopt if it still runs.
-  std::optional<int> wait_exit(std::chrono::milliseconds timeout) {
-    const auto deadline = Clock::now() + timeout;
-    while (pid_ > 0) {
-      int status = 0;
-      const pid_t r = waitpid(pid_, &status, WNOHANG);
-      if (r == pid_) {
-        pid_ = -1;
-        return status;
-      }
-      if (r < 0 && errno != EINTR) return std::nullopt;
-      if (Clock::now() >= deadline) return std::nullopt;
-      std::this_thread::sleep_for(5ms);
-    }
-    return std::nullopt;
-  }
-
-  /// SIGKILL and reap.
-  void kill() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGKILL);
-    while (waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
-    }
-    pid_ = -1;
-  }
-
-  /// Reads stdout until a complete line containing `needle` arrives after
-  /// the lines already returned; nullopt on timeout or end of output.
-  std::optional<std::string> wait_for_line(const std::string& needle, std::chrono::milliseconds timeout) {
-    const auto deadline = Clock::now() + timeout;
-    while (true) {
-      while (scanned_ < output_.size()) {
-        const auto eol = output_.find('\n', scanned_);
-        if (eol == std::string::npos) break;
-        std::string line = output_.substr(scanned_, eol - scanned_);
-        scanned_ = eol + 1;
-        if (line.find(needle) != std::string::npos) return line;
-      }
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-      if (left <= 0ms || read_fd_ < 0) return std::nullopt;
-      pollfd pfd{read_fd_, POLLIN, 0};
-      const int n = poll(&pfd, 1, static_cast<int>(left.count()));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return std::nullopt;
-      char buf[4096];
-      const ssize_t got = read(read_fd_, buf, sizeof(buf));
-      if (got < 0 && errno == EINTR) continue;
-      if (got <= 0) {
-        close(read_fd_);
-        read_fd_ = -1;
-        continue;
-      }
-      output_.append(buf, static_cast<std::size_t>(got));
-    }
-  }
-
- private:
-  pid_t pid_ = -1;
-  int read_fd_ = -1;
-  std::string output_;
-  std::size_t scanned_ = 0;
-  std::string error_;
-};
 
 /// The complete lines of `output` containing `needle`, in order.
 std::vector<std::string> lines_with(const std::string& output, const std::string& needle) {
@@ -351,7 +209,8 @@ class FencingTest : public ::testing::Test {
   void SetUp() override {
     binary_ = LEADER_CONTROL_MANAGER_BIN;
     if (binary_.empty()) GTEST_SKIP() << "control-manager example not built (LEADER_BUILD_EXAMPLES=OFF)";
-    bucket_ = bucket_for_current_test();
+    // Short enough to take a "-state" suffix.
+    bucket_ = leader::testing::bucket_for_current_test(56);
     state_bucket_ = bucket_ + "-state";
     server_ = std::make_unique<NatsServer>();
   }
@@ -373,7 +232,8 @@ class FencingTest : public ::testing::Test {
                                      "--work-interval",
                                      std::to_string(kWorkInterval.count()) + "ms"};
     argv.insert(argv.end(), extra.begin(), extra.end());
-    return std::make_unique<ChildProcess>(argv);
+    // It inherits none of this process's NATS sockets.
+    return std::make_unique<ChildProcess>(argv, InheritedFds::close);
   }
 
   static constexpr const char* kRole = "scheduler";
@@ -422,7 +282,7 @@ TEST_F(FencingTest, StaleLeaderWriteIsRejectedAfterPause) {
   ASSERT_TRUE(pending.has_value()) << a->output();
   a->signal(SIGSTOP);
   const long long stopped_after_ms = (realtime_ns() - line_time_ns(*pending)) / 1000000;
-  ASSERT_TRUE(wait_until([&] { return process_state(a->pid()) == 'T'; }, 5s)) << "A did not stop";
+  ASSERT_TRUE(eventually([&] { return process_state(a->pid()) == 'T'; }, 5s)) << "A did not stop";
   ASSERT_LT(stopped_after_ms, write_delay.count() / 2)
       << "A was stopped too late to be sure its write was still pending (machine too slow)";
   EXPECT_EQ(field(*pending, "token"), a_token->to_string());

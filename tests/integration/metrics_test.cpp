@@ -11,7 +11,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cctype>
 #include <chrono>
 #include <memory>
 #include <optional>
@@ -23,12 +22,14 @@
 #include <gtest/gtest.h>
 
 #include "support/child_process.h"
+#include "support/integration_helpers.h"
 #include "support/nats_server.h"
 
 namespace {
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
+using leader::testing::bucket_for_current_test;
 using leader::testing::ChildProcess;
 using leader::testing::NatsServer;
 
@@ -77,17 +78,6 @@ std::optional<double> sample(const std::string& text, const std::string& metric)
     return std::stod(line.substr(space + 1));
   }
   return std::nullopt;
-}
-
-/// A bucket name unique to the running test.
-std::string bucket_for_current_test() {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  std::string name = std::string(info->test_suite_name()) + "-" + info->name();
-  for (char& c : name) {
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') c = '-';
-  }
-  if (name.size() > 64) name.resize(64);
-  return name;
 }
 
 struct Instance {

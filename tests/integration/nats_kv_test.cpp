@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cctype>
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
@@ -25,7 +24,9 @@
 #include "leader/error.h"
 #include "nats/nats_backend.h"
 #include "nats/nats_internal.h"
+#include "support/integration_helpers.h"
 #include "support/nats_server.h"
+#include "support/wait.h"
 
 namespace {
 
@@ -42,27 +43,16 @@ using leader::detail::KvResult;
 using leader::detail::KvStore;
 using leader::detail::Watch;
 using leader::detail::WatchEvent;
+using leader::testing::eventually;
 using leader::testing::NatsServer;
 
-constexpr auto kCall = 2s;  // deadline of ordinary calls
+constexpr auto kCall = 2s;       // deadline of ordinary calls
+constexpr auto kWaitPoll = 2ms;  // how often eventually() checks its condition
 
-bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
-  const auto deadline = Clock::now() + timeout;
-  while (!pred()) {
-    if (Clock::now() >= deadline) return pred();
-    std::this_thread::sleep_for(2ms);
-  }
-  return true;
-}
-
+/// "kv-<test>", made bucket-safe.
 std::string bucket_for_current_test() {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  std::string name = std::string("kv-") + info->name();
-  for (char& c : name) {
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') c = '-';
-  }
-  if (name.size() > 60) name.resize(60);
-  return name;
+  return leader::testing::bucket_safe(
+      std::string("kv-") + ::testing::UnitTest::GetInstance()->current_test_info()->name(), 60);
 }
 
 std::string str(KvOutcome o) { return leader::detail::to_string(o); }
@@ -369,12 +359,12 @@ TEST_F(NatsKvTest, GetAfterExpiryIsNotFound) {
   ASSERT_EQ(c.outcome, KvOutcome::ok) << c.message;
 
   KvResult g;
-  ASSERT_TRUE(wait_until(
+  ASSERT_TRUE(eventually(
       [&] {
         g = short_store->get("role", kCall);
         return g.outcome == KvOutcome::not_found;
       },
-      10s))
+      10s, kWaitPoll))
       << str(g.outcome) << ": " << g.message;
   // Expired by the bucket's TTL, not earlier (wide margin for clocks).
   EXPECT_GE(Clock::now() - written, 900ms);
@@ -566,7 +556,7 @@ TEST_F(NatsKvTest, WatchMayBeDestroyedFromItsOwnHandler) {
     w = std::move(created);
   }
   must_create("role", "boom");
-  ASSERT_TRUE(wait_until([&] { return destroyed.load(); }, 5s));
+  ASSERT_TRUE(eventually([&] { return destroyed.load(); }, 5s, kWaitPoll));
   EXPECT_EQ(calls_after.load(), 0);
 }
 
@@ -680,7 +670,7 @@ TEST_F(NatsKvTest, CallsEndWithinTheirTimeoutWhenServerIsKilled) {
   check("update", [&] { return store_->update("role", "y", rev, kTimeout); });
   check("erase", [&] { return store_->erase("role", rev, kTimeout); });
   // Once the client noticed, calls fail at once as disconnected.
-  ASSERT_TRUE(wait_until([&] { return backend_->state() != ConnectionState::connected; }, 5s));
+  ASSERT_TRUE(eventually([&] { return backend_->state() != ConnectionState::connected; }, 5s, kWaitPoll));
   auto r = store_->get("role", kTimeout);
   EXPECT_EQ(r.outcome, KvOutcome::disconnected) << r.message;
   BucketSpec spec;
@@ -720,7 +710,7 @@ TEST_F(NatsKvTest, StateListenerSeesDisconnectedThenConnected) {
   });
   EXPECT_EQ(backend_->state(), ConnectionState::connected);
   server_->kill();
-  ASSERT_TRUE(wait_until([&] { return has(ConnectionState::disconnected, 0); }, 5s));
+  ASSERT_TRUE(eventually([&] { return has(ConnectionState::disconnected, 0); }, 5s, kWaitPoll));
   EXPECT_NE(backend_->state(), ConnectionState::connected);
   std::size_t after_disconnect = 0;
   {
@@ -728,10 +718,11 @@ TEST_F(NatsKvTest, StateListenerSeesDisconnectedThenConnected) {
     after_disconnect = seen.size();
   }
   server_->restart();
-  ASSERT_TRUE(wait_until([&] { return has(ConnectionState::connected, after_disconnect); }, 10s));
+  ASSERT_TRUE(eventually([&] { return has(ConnectionState::connected, after_disconnect); }, 10s, kWaitPoll));
   EXPECT_EQ(backend_->state(), ConnectionState::connected);
   // Data survives (file storage) and calls work again.
-  ASSERT_TRUE(wait_until([&] { return store_->create("role", "alice", std::nullopt, kCall).ok(); }, 10s));
+  ASSERT_TRUE(
+      eventually([&] { return store_->create("role", "alice", std::nullopt, kCall).ok(); }, 10s, kWaitPoll));
 
   backend_->unsubscribe_state(id);
   std::size_t count = 0;
@@ -740,12 +731,12 @@ TEST_F(NatsKvTest, StateListenerSeesDisconnectedThenConnected) {
     count = seen.size();
   }
   server_->kill();
-  ASSERT_TRUE(wait_until([&] { return backend_->state() != ConnectionState::connected; }, 5s));
+  ASSERT_TRUE(eventually([&] { return backend_->state() != ConnectionState::connected; }, 5s, kWaitPoll));
   // A second listener proves the event was dispatched.
   std::atomic<int> other{0};
   const auto id2 = backend_->subscribe_state([&](ConnectionState) { ++other; });
   server_->restart();
-  ASSERT_TRUE(wait_until([&] { return other.load() > 0; }, 10s));
+  ASSERT_TRUE(eventually([&] { return other.load() > 0; }, 10s, kWaitPoll));
   backend_->unsubscribe_state(id2);
   std::lock_guard<std::mutex> lock(mu);
   EXPECT_EQ(seen.size(), count);
@@ -765,12 +756,12 @@ TEST_F(NatsKvTest, WatchReportsErrorAfterReconnectAndCanBeRecreated) {
 
   Recorder again;
   std::unique_ptr<Watch> w2;
-  ASSERT_TRUE(wait_until(
+  ASSERT_TRUE(eventually(
       [&] {
         w2 = store_->watch("role", again.handler(), &err);
         return w2 != nullptr;
       },
-      10s))
+      10s, kWaitPoll))
       << err.message;
   ASSERT_TRUE(again.wait_for_count(2));
   const auto ev = again.events();
@@ -787,11 +778,12 @@ TEST_F(NatsKvTest, WatchReportsErrorAfterServerHang) {
   ASSERT_TRUE(rec.wait_for_kind(WatchEvent::Kind::replay_done));
   server_->pause();
   // Pings every 1 s, 2 outstanding: the client gives up after about 3 s.
-  const bool noticed = wait_until([&] { return backend_->state() != ConnectionState::connected; }, 15s);
+  const bool noticed =
+      eventually([&] { return backend_->state() != ConnectionState::connected; }, 15s, kWaitPoll);
   server_->resume();
   ASSERT_TRUE(noticed);
   ASSERT_TRUE(rec.wait_for_kind(WatchEvent::Kind::error, 20s)) << rec.dump();
-  ASSERT_TRUE(wait_until([&] { return store_->get("role", kCall).ok(); }, 20s));
+  ASSERT_TRUE(eventually([&] { return store_->get("role", kCall).ok(); }, 20s, kWaitPoll));
 }
 
 TEST_F(NatsKvTest, BackendMayBeDestroyedBeforeStoresAndWatches) {

@@ -13,24 +13,17 @@
 #include "leader/leader.h"
 #include "support/capture_sink.h"
 #include "support/nats_server.h"
+#include "support/wait.h"
 
 namespace {
 
 using namespace std::chrono_literals;
 using leader::testing::CaptureSink;
+using leader::testing::eventually;
 using leader::testing::NatsServer;
 
 constexpr const char* kPassword = "s3cret-pw";
-
-template <typename Pred>
-bool eventually(Pred pred, std::chrono::milliseconds limit) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < end) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(5ms);
-  }
-  return pred();
-}
+constexpr auto kWaitPoll = 5ms;  // how often eventually() checks its condition
 
 TEST(RedactionTest, CredentialsInTheUrlNeverReachLogsOrErrors) {
   NatsServer::Options options;
@@ -71,10 +64,11 @@ TEST(RedactionTest, CredentialsInTheUrlNeverReachLogsOrErrors) {
   // <url>"), and the reconnect fails the watch ("the connection to <url>
   // was lost and re-established").
   server.stop();
-  ASSERT_TRUE(
-      eventually([&] { return election.status().connection != leader::ConnectionState::connected; }, 5s));
+  ASSERT_TRUE(eventually([&] { return election.status().connection != leader::ConnectionState::connected; },
+                         5s, kWaitPoll));
   server.restart();
-  ASSERT_TRUE(eventually([&] { return !sink->find("was lost and re-established").text.empty(); }, 15s))
+  ASSERT_TRUE(
+      eventually([&] { return !sink->find("was lost and re-established").text.empty(); }, 15s, kWaitPoll))
       << "the watch never failed over the reconnect";
   election.stop();
 

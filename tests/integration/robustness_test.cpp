@@ -10,21 +10,15 @@
 
 #include "leader/leader.h"
 #include "nats_server.h"
+#include "wait.h"
 
 namespace leader {
 namespace {
 
 using namespace std::chrono_literals;
+using testing::eventually;
 
-template <typename Pred>
-bool eventually(Pred pred, std::chrono::milliseconds limit) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < end) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(5ms);
-  }
-  return pred();
-}
+constexpr auto kWaitPoll = 5ms;  // how often eventually() checks its condition
 
 std::string bucket_name() {
   std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
@@ -75,12 +69,13 @@ TEST(RobustnessTest, ServerRestartInsideTheGraceKeepsTheLeader) {
   ASSERT_TRUE(a.wait_for_leadership(5s));
   const auto token = a.fencing_token();
   server.kill();
-  ASSERT_TRUE(eventually([&] { return a.status().connection != ConnectionState::connected; }, 5s));
+  ASSERT_TRUE(eventually([&] { return a.status().connection != ConnectionState::connected; }, 5s, kWaitPoll));
   EXPECT_TRUE(a.is_leader()) << "within the grace (here: the lease) the role is kept";
   server.restart();
-  ASSERT_TRUE(eventually([&] { return a.status().connection == ConnectionState::connected; }, 10s));
+  ASSERT_TRUE(
+      eventually([&] { return a.status().connection == ConnectionState::connected; }, 10s, kWaitPoll));
   // Verified on reconnect, renewed, and still the same term.
-  ASSERT_TRUE(eventually([&] { return a.validate_token(); }, 5s));
+  ASSERT_TRUE(eventually([&] { return a.validate_token(); }, 5s, kWaitPoll));
   EXPECT_EQ(a.fencing_token(), token);
   EXPECT_THAT(rec.snapshot(), ::testing::ElementsAre("promote:" + std::to_string(token->revision)));
 }
@@ -96,10 +91,10 @@ TEST(RobustnessTest, ServerDownPastTheGraceDemotesAndLeadsAgainAfter) {
   const auto token = *a.fencing_token();
   const auto killed = std::chrono::steady_clock::now();
   server.kill();
-  ASSERT_TRUE(eventually([&] { return !a.is_leader(); }, 5s));
+  ASSERT_TRUE(eventually([&] { return !a.is_leader(); }, 5s, kWaitPoll));
   const auto took = std::chrono::steady_clock::now() - killed;
   EXPECT_LT(took, 3s) << "the grace (500 ms) ended it, not the 6 s lease";
-  ASSERT_TRUE(eventually([&] { return rec.snapshot().size() >= 2; }, 5s));
+  ASSERT_TRUE(eventually([&] { return rec.snapshot().size() >= 2; }, 5s, kWaitPoll));
   EXPECT_EQ(rec.snapshot()[1], "demote:disconnected");
   server.restart();
   ASSERT_TRUE(a.wait_for_leadership(20s)) << "campaigns again once reconnected (after its old lease ran out)";
@@ -130,13 +125,15 @@ TEST(RobustnessTest, ObserverSeesAHandoverAndAnExpiry) {
   a.start();
   ASSERT_TRUE(a.wait_for_leadership(5s));
   b.start();
-  ASSERT_TRUE(eventually([&] { return observer.leader() && observer.leader()->instance_id == "a"; }, 5s));
+  ASSERT_TRUE(
+      eventually([&] { return observer.leader() && observer.leader()->instance_id == "a"; }, 5s, kWaitPoll));
   EXPECT_GT(observer.leader()->lease_remaining, 0ms);
   a.stop();
-  ASSERT_TRUE(eventually([&] { return observer.leader() && observer.leader()->instance_id == "b"; }, 5s));
+  ASSERT_TRUE(
+      eventually([&] { return observer.leader() && observer.leader()->instance_id == "b"; }, 5s, kWaitPoll));
   const auto stopped = std::chrono::steady_clock::now();
   b.stop({/*release=*/false, 5s});
-  ASSERT_TRUE(eventually([&] { return !observer.leader(); }, 10s));
+  ASSERT_TRUE(eventually([&] { return !observer.leader(); }, 10s, kWaitPoll));
   const auto after = std::chrono::steady_clock::now() - stopped;
   EXPECT_LT(after, 2s + 1500ms)
       << "the expiry (no watch event) is noticed about a TTL after the last renewal";
@@ -167,7 +164,7 @@ TEST(RobustnessTest, PriorityHandoverOnARealServer) {
   EXPECT_LT(std::chrono::steady_clock::now() - started, 2s) << "at a's next renewal, not after its lease";
   EXPECT_FALSE(a.is_leader());
   EXPECT_GT(*b.fencing_token(), first);
-  ASSERT_TRUE(eventually([&] { return ra.snapshot().size() >= 2; }, 5s));
+  ASSERT_TRUE(eventually([&] { return ra.snapshot().size() >= 2; }, 5s, kWaitPoll));
   EXPECT_EQ(ra.snapshot()[1], "demote:handover");
 }
 

@@ -2,7 +2,8 @@
 
 // A child process (e.g. examples/control-manager) whose stdout a test reads
 // line by line through a pipe. The destructor SIGKILLs and reaps it by its
-// PID, so nothing outlives a failed test.
+// PID, so nothing outlives a failed test (SIGKILL ends a SIGSTOPped child
+// too).
 
 #include <sys/types.h>
 
@@ -13,10 +14,18 @@
 
 namespace leader::testing {
 
+/// Which of the parent's descriptors above stderr a child inherits.
+enum class InheritedFds {
+  /// Every descriptor not marked close-on-exec.
+  keep,
+  /// None (so none of the test's NATS sockets, whatever their flags).
+  close,
+};
+
 class ChildProcess {
  public:
   /// Spawns argv[0] (a path) with the rest as arguments; stderr is shared.
-  explicit ChildProcess(const std::vector<std::string>& argv);
+  explicit ChildProcess(const std::vector<std::string>& argv, InheritedFds inherited = InheritedFds::keep);
   ~ChildProcess();
   ChildProcess(const ChildProcess&) = delete;
   ChildProcess& operator=(const ChildProcess&) = delete;

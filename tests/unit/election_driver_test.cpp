@@ -14,46 +14,17 @@
 #include "leader/election.h"
 #include "leader/error.h"
 #include "natsmock/mock_kv.h"
+#include "support/mock_election.h"
+#include "support/wait.h"
 
 namespace leader {
 namespace {
 
 using namespace std::chrono_literals;
+using testing::eventually_spinning;
+using testing::fast_config;
 
-template <typename Pred>
-bool eventually(Pred pred, std::chrono::milliseconds limit = 5000ms) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < end) {
-    if (pred()) return true;
-    std::this_thread::yield();
-  }
-  return pred();
-}
-
-Config fast(const std::string& id) {
-  Config c;
-  c.bucket = "unit";
-  c.role = "role";
-  c.instance_id = id;
-  c.ttl = 600ms;
-  c.heartbeat_interval = 100ms;
-  c.safety_margin = 50ms;
-  c.call_timeout = 80ms;
-  return c;
-}
-
-class ElectionDriverTest : public ::testing::Test {
- protected:
-  std::shared_ptr<Connection> connection(const std::string& name) {
-    return std::make_shared<Connection>(server_.client(name), 2);
-  }
-  std::size_t count(const std::string& client, const std::string& op) {
-    std::size_t n = 0;
-    for (const auto& c : server_.calls()) n += c.client == client && c.op == op;
-    return n;
-  }
-  natsmock::MockServer server_{detail::RealClock::instance()};
-};
+class ElectionDriverTest : public testing::MockServerTest {};
 
 TEST_F(ElectionDriverTest, PromotesAndIsLeaderInsideOnPromoteOnly) {
   std::promise<bool> in_promote;
@@ -68,7 +39,7 @@ TEST_F(ElectionDriverTest, PromotesAndIsLeaderInsideOnPromoteOnly) {
     EXPECT_EQ(r, DemoteReason::stopped);
     in_demote.set_value(self->is_leader());
   };
-  Election e(connection("a"), fast("a"), cb);
+  Election e(connection("a"), fast_config("a"), cb);
   self = &e;
   e.start();
   ASSERT_TRUE(e.wait_for_leadership(5s));
@@ -94,14 +65,14 @@ TEST_F(ElectionDriverTest, StopFromInsideOnPromoteDoesNotDeadlock) {
     stop_returned.set_value();
   };
   cb.on_demote = [&](DemoteReason) { demoted = true; };
-  Election a(connection("a"), fast("a"), cb);
+  Election a(connection("a"), fast_config("a"), cb);
   self = &a;
   a.start();
   ASSERT_EQ(stop_returned.get_future().wait_for(5s), std::future_status::ready);
-  ASSERT_TRUE(eventually([&] { return demoted.load(); }));
-  ASSERT_TRUE(eventually([&] { return a.status().state == ElectionState::stopped; }));
+  ASSERT_TRUE(eventually_spinning([&] { return demoted.load(); }));
+  ASSERT_TRUE(eventually_spinning([&] { return a.status().state == ElectionState::stopped; }));
   // The key was released after on_demote: a newcomer leads at once.
-  Election b(connection("b"), fast("b"));
+  Election b(connection("b"), fast_config("b"));
   b.start();
   EXPECT_TRUE(b.wait_for_leadership(300ms)) << "well before a's 600 ms lease would have run out";
 }
@@ -115,13 +86,13 @@ TEST_F(ElectionDriverTest, StopFromInsideOnDemoteDoesNotDeadlock) {
     self->stop();
     done.set_value();
   };
-  Election a(connection("a"), fast("a"), cb);
+  Election a(connection("a"), fast_config("a"), cb);
   self = &a;
   a.start();
   ASSERT_TRUE(a.wait_for_leadership(5s));
   a.step_down();
   ASSERT_EQ(done.get_future().wait_for(5s), std::future_status::ready);
-  ASSERT_TRUE(eventually([&] { return a.status().state == ElectionState::stopped; }));
+  ASSERT_TRUE(eventually_spinning([&] { return a.status().state == ElectionState::stopped; }));
 }
 
 TEST_F(ElectionDriverTest, CallbacksRunInOrderOnOneThreadThatIsNotTheCallers) {
@@ -140,11 +111,11 @@ TEST_F(ElectionDriverTest, CallbacksRunInOrderOnOneThreadThatIsNotTheCallers) {
     record("leader:" + (l ? l->instance_id : "none"));
   };
   {
-    Election a(connection("a"), fast("a"), cb);
+    Election a(connection("a"), fast_config("a"), cb);
     a.start();
     ASSERT_TRUE(a.wait_for_leadership(5s));
     a.step_down();
-    ASSERT_TRUE(eventually([&] {
+    ASSERT_TRUE(eventually_spinning([&] {
       std::lock_guard<std::mutex> lock(mu);
       return std::count(seen.begin(), seen.end(), "promote") == 2;
     }));
@@ -164,11 +135,11 @@ TEST_F(ElectionDriverTest, ThrowingCallbacksAreContained) {
   Callbacks cb;
   cb.on_promote = [](const Term&) { throw std::runtime_error("user bug"); };
   cb.on_leader_change = [](const std::optional<LeaderInfo>&) { throw 42; };
-  Election a(connection("a"), fast("a"), cb);
+  Election a(connection("a"), fast_config("a"), cb);
   a.start();
   ASSERT_TRUE(a.wait_for_leadership(5s));
   const auto renewals = count("a", "update");
-  ASSERT_TRUE(eventually([&] { return count("a", "update") >= renewals + 3; }));
+  ASSERT_TRUE(eventually_spinning([&] { return count("a", "update") >= renewals + 3; }));
   EXPECT_TRUE(a.is_leader());
 }
 
@@ -177,19 +148,19 @@ TEST_F(ElectionDriverTest, SlowCallbackDelaysNeitherRenewalsNorTheDeadline) {
   auto released = release.get_future().share();
   Callbacks cb;
   cb.on_promote = [released](const Term&) { released.wait(); };
-  Election a(connection("a"), fast("a"), cb);
+  Election a(connection("a"), fast_config("a"), cb);
   a.start();
   ASSERT_TRUE(a.wait_for_leadership(5s));
   const auto renewals = count("a", "update");
   // Renewals go on while on_promote is stuck.
-  EXPECT_TRUE(eventually([&] { return count("a", "update") >= renewals + 5; }));
+  EXPECT_TRUE(eventually_spinning([&] { return count("a", "update") >= renewals + 5; }));
   EXPECT_TRUE(a.is_leader());
   release.set_value();
 }
 
 TEST_F(ElectionDriverTest, HungRenewalsEndLeadershipOnTime) {
   auto client = server_.client("a");
-  Election a(std::make_shared<Connection>(client, 2), fast("a"));
+  Election a(std::make_shared<Connection>(client, 2), fast_config("a"));
   a.start();
   ASSERT_TRUE(a.wait_for_leadership(5s));
   natsmock::Fault hang;
@@ -199,10 +170,10 @@ TEST_F(ElectionDriverTest, HungRenewalsEndLeadershipOnTime) {
   client->inject(hang);
   const auto hung_at = std::chrono::steady_clock::now();
   // ttl 600 ms - margin 50 ms after the last renewal (<= 100 ms ago).
-  ASSERT_TRUE(eventually([&] { return !a.is_leader(); }, 2000ms));
+  ASSERT_TRUE(eventually_spinning([&] { return !a.is_leader(); }, 2000ms));
   EXPECT_LT(std::chrono::steady_clock::now() - hung_at, 700ms);
   // is_leader() turned false by itself; the loop's demotion follows.
-  EXPECT_TRUE(eventually([&] { return a.status().state != ElectionState::leading; }));
+  EXPECT_TRUE(eventually_spinning([&] { return a.status().state != ElectionState::leading; }));
   client->clear_faults();
   client->release_hangs();
 }
@@ -212,7 +183,7 @@ TEST_F(ElectionDriverTest, StartFailsClearlyOnBucketMismatch) {
   other.name = "unit";
   other.ttl = 5s;
   ASSERT_TRUE(server_.create_bucket(other));
-  Election a(connection("a"), fast("a"));
+  Election a(connection("a"), fast_config("a"));
   try {
     a.start();
     FAIL() << "start() accepted a bucket with another TTL";
@@ -224,7 +195,7 @@ TEST_F(ElectionDriverTest, StartFailsClearlyOnBucketMismatch) {
 
 TEST_F(ElectionDriverTest, StartFailsClearlyWithoutJetStream) {
   server_.set_jetstream(false);
-  Election a(connection("a"), fast("a"));
+  Election a(connection("a"), fast_config("a"));
   try {
     a.start();
     FAIL() << "start() succeeded without JetStream";
@@ -234,7 +205,7 @@ TEST_F(ElectionDriverTest, StartFailsClearlyWithoutJetStream) {
 }
 
 TEST_F(ElectionDriverTest, FollowerWaitsAndSeesTheLeader) {
-  Election a(connection("a"), fast("a"));
+  Election a(connection("a"), fast_config("a"));
   a.start();
   ASSERT_TRUE(a.wait_for_leadership(5s));
   std::promise<std::string> saw;
@@ -242,7 +213,7 @@ TEST_F(ElectionDriverTest, FollowerWaitsAndSeesTheLeader) {
   cb.on_leader_change = [&saw](const std::optional<LeaderInfo>& l) {
     if (l) saw.set_value(l->instance_id);
   };
-  Election b(connection("b"), fast("b"), cb);
+  Election b(connection("b"), fast_config("b"), cb);
   b.start();
   EXPECT_EQ(saw.get_future().get(), "a");
   EXPECT_FALSE(b.wait_for_leadership(200ms));
@@ -253,7 +224,7 @@ TEST_F(ElectionDriverTest, FollowerWaitsAndSeesTheLeader) {
 }
 
 TEST_F(ElectionDriverTest, StopIsIdempotentAndRestartable) {
-  Election a(connection("a"), fast("a"));
+  Election a(connection("a"), fast_config("a"));
   a.stop();  // never started
   a.start();
   ASSERT_TRUE(a.wait_for_leadership(5s));
@@ -266,10 +237,10 @@ TEST_F(ElectionDriverTest, StopIsIdempotentAndRestartable) {
 }
 
 TEST_F(ElectionDriverTest, ConstructorValidatesTheConfig) {
-  Config bad = fast("a");
+  Config bad = fast_config("a");
   bad.role = "bad role";
   EXPECT_THROW(Election(connection("a"), bad), ConfigError);
-  EXPECT_THROW(Election(nullptr, fast("a")), ConfigError);
+  EXPECT_THROW(Election(nullptr, fast_config("a")), ConfigError);
 }
 
 }  // namespace

@@ -20,7 +20,9 @@
 #include "natsmock/mock_kv.h"
 #include "redact.h"
 #include "support/capture_sink.h"
+#include "support/mock_election.h"
 #include "support/nats_server.h"
+#include "support/wait.h"
 
 namespace leader {
 namespace {
@@ -29,36 +31,10 @@ using namespace std::chrono_literals;
 
 using testing::CaptureSink;
 using testing::capturing_logger;
+using testing::eventually;
+using testing::fast_config;
 
-template <typename Pred>
-bool eventually(Pred pred, std::chrono::milliseconds limit = 5000ms) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < end) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(1ms);
-  }
-  return pred();
-}
-
-Config fast(const std::string& id) {
-  Config c;
-  c.bucket = "unit";
-  c.role = "role";
-  c.instance_id = id;
-  c.ttl = 600ms;
-  c.heartbeat_interval = 100ms;
-  c.safety_margin = 50ms;
-  c.call_timeout = 80ms;
-  return c;
-}
-
-class LoggingTest : public ::testing::Test {
- protected:
-  std::shared_ptr<Connection> connection(const std::string& name) {
-    return std::make_shared<Connection>(server_.client(name), 2);
-  }
-  natsmock::MockServer server_{detail::RealClock::instance()};
-};
+class LoggingTest : public testing::MockServerTest {};
 
 TEST_F(LoggingTest, EveryLineCarriesRoleInstanceAndTermAtTheDocumentedLevel) {
   auto sink_a = std::make_shared<CaptureSink>();
@@ -70,11 +46,11 @@ TEST_F(LoggingTest, EveryLineCarriesRoleInstanceAndTermAtTheDocumentedLevel) {
   Callbacks cb;
   cb.on_promote = [](const Term&) { throw std::runtime_error("user bug"); };
 
-  Election a(connection("a"), fast("a"), cb, ta);
+  Election a(connection("a"), fast_config("a"), cb, ta);
   a.start();
   ASSERT_TRUE(a.wait_for_leadership(5s));
   const auto token_a = std::to_string(*a.token());
-  Election b(connection("b"), fast("b"), {}, tb);
+  Election b(connection("b"), fast_config("b"), {}, tb);
   b.start();
   ASSERT_TRUE(eventually([&] { return b.leader_id() == std::optional<std::string>("a"); }));
   a.stop();
@@ -115,7 +91,7 @@ TEST_F(LoggingTest, RetriesAreLoggedAtDebug) {
   Telemetry t;
   t.logger = capturing_logger("test-retry", sink);
   auto client = server_.client("a");
-  Election a(std::make_shared<Connection>(client, 2), fast("a"), {}, t);
+  Election a(std::make_shared<Connection>(client, 2), fast_config("a"), {}, t);
   a.start();
   ASSERT_TRUE(a.wait_for_leadership(5s));
   natsmock::Fault fault;
@@ -141,7 +117,7 @@ TEST_F(LoggingTest, WithoutALoggerTheLibraryLoggerNamedLeaderIsUsed) {
   auto mine = capturing_logger("leader", sink);
   spdlog::register_logger(mine);
   {
-    Election a(connection("a"), fast("a"));
+    Election a(connection("a"), fast_config("a"));
     a.start();
     ASSERT_TRUE(a.wait_for_leadership(5s));
   }

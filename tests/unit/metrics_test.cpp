@@ -19,6 +19,8 @@
 #include "prometheus_metrics.h"
 #include "record.h"
 #include "sim.h"
+#include "support/mock_election.h"
+#include "support/wait.h"
 
 namespace leader {
 namespace {
@@ -28,6 +30,8 @@ using prometheus::ClientMetric;
 using prometheus::MetricFamily;
 using prometheus::Registry;
 using Labels = std::map<std::string, std::string>;
+using testing::eventually;
+using testing::fast_config;
 
 /// The series of family `name` whose labels include all of `want`, or null.
 std::optional<ClientMetric> series(const Registry& registry, const std::string& name, const Labels& want) {
@@ -322,39 +326,11 @@ TEST(PrometheusMetricsTest, FamiliesAreRegisteredOncePerRegistryAndSeriesAreShar
   EXPECT_EQ(counter(*other, "transitions_total", {{"role", "r1"}, {"to", "leader"}}), 0);
 }
 
-Config fast(const std::string& id, const std::string& role = "role") {
-  Config c;
-  c.bucket = "unit";
-  c.role = role;
-  c.instance_id = id;
-  c.ttl = 600ms;
-  c.heartbeat_interval = 100ms;
-  c.safety_margin = 50ms;
-  c.call_timeout = 80ms;
-  return c;
-}
-
-template <typename Pred>
-bool eventually(Pred pred, std::chrono::milliseconds limit = 5000ms) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < end) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(1ms);
-  }
-  return pred();
-}
-
-class MetricsElectionTest : public ::testing::Test {
- protected:
-  std::shared_ptr<Connection> connection(const std::string& name) {
-    return std::make_shared<Connection>(server_.client(name), 2);
-  }
-  natsmock::MockServer server_{detail::RealClock::instance()};
-};
+class MetricsElectionTest : public testing::MockServerTest {};
 
 TEST_F(MetricsElectionTest, WithoutARegistryNoMetricsExist) {
   const auto before = detail::prometheus_metrics_alive();
-  Election a(connection("a"), fast("a"));
+  Election a(connection("a"), fast_config("a"));
   EXPECT_EQ(detail::prometheus_metrics_alive(), before);
   a.start();
   ASSERT_TRUE(a.wait_for_leadership(5s));
@@ -364,7 +340,7 @@ TEST_F(MetricsElectionTest, WithoutARegistryNoMetricsExist) {
   Telemetry t;
   t.registry = std::make_shared<Registry>();
   {
-    Election b(connection("b"), fast("b"), {}, t);
+    Election b(connection("b"), fast_config("b"), {}, t);
     EXPECT_EQ(detail::prometheus_metrics_alive(), before + 1);
     EXPECT_TRUE(has_family(*t.registry, "leader_election_is_leader"));
   }
@@ -376,7 +352,7 @@ TEST_F(MetricsElectionTest, ElectionReportsCallbacksLeaseAndTerm) {
   t.registry = std::make_shared<Registry>();
   Callbacks cb;
   cb.on_promote = [](const Term&) { throw std::runtime_error("user bug"); };
-  Election a(connection("a"), fast("a"), cb, t);
+  Election a(connection("a"), fast_config("a"), cb, t);
   const Labels l{{"bucket", "unit"}, {"role", "role"}, {"instance", "a"}};
   a.start();
   ASSERT_TRUE(a.wait_for_leadership(5s));
@@ -402,8 +378,8 @@ TEST_F(MetricsElectionTest, ElectionsShareARegistryAcrossRolesAndReCreation) {
   Telemetry t;
   t.registry = std::make_shared<Registry>();
   {
-    Election x(connection("x"), fast("a", "role-x"), {}, t);
-    Election y(connection("y"), fast("a", "role-y"), {}, t);
+    Election x(connection("x"), fast_config("a", "role-x"), {}, t);
+    Election y(connection("y"), fast_config("a", "role-y"), {}, t);
     x.start();
     y.start();
     ASSERT_TRUE(x.wait_for_leadership(5s));
@@ -411,7 +387,7 @@ TEST_F(MetricsElectionTest, ElectionsShareARegistryAcrossRolesAndReCreation) {
     EXPECT_EQ(gauge(*t.registry, "is_leader", {{"role", "role-x"}}), 1);
     EXPECT_EQ(gauge(*t.registry, "is_leader", {{"role", "role-y"}}), 1);
   }
-  Election again(connection("x2"), fast("a", "role-x"), {}, t);
+  Election again(connection("x2"), fast_config("a", "role-x"), {}, t);
   again.start();
   ASSERT_TRUE(again.wait_for_leadership(5s));
   EXPECT_EQ(counter(*t.registry, "transitions_total", {{"role", "role-x"}, {"to", "leader"}}), 2);
@@ -426,7 +402,7 @@ TEST_F(MetricsElectionTest, ANameTakenWithAnotherTypeIsAConfigError) {
   Telemetry t;
   t.registry = registry;
   try {
-    Election a(connection("a"), fast("a"), {}, t);
+    Election a(connection("a"), fast_config("a"), {}, t);
     FAIL() << "a registry with a clashing name was accepted";
   } catch (const ConfigError& e) {
     EXPECT_EQ(e.field(), "telemetry.registry");

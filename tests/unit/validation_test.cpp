@@ -12,33 +12,15 @@
 #include "leader/observer.h"
 #include "natsmock/mock_kv.h"
 #include "record.h"
+#include "support/mock_election.h"
+#include "support/wait.h"
 
 namespace leader {
 namespace {
 
 using namespace std::chrono_literals;
-
-template <typename Pred>
-bool eventually(Pred pred, std::chrono::milliseconds limit = 5000ms) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < end) {
-    if (pred()) return true;
-    std::this_thread::yield();
-  }
-  return pred();
-}
-
-Config fast(const std::string& id) {
-  Config c;
-  c.bucket = "unit";
-  c.role = "role";
-  c.instance_id = id;
-  c.ttl = 600ms;
-  c.heartbeat_interval = 100ms;
-  c.safety_margin = 50ms;
-  c.call_timeout = 80ms;
-  return c;
-}
+using testing::eventually_spinning;
+using testing::fast_config;
 
 std::string foreign_record() {
   detail::Record r;
@@ -47,19 +29,11 @@ std::string foreign_record() {
   return detail::encode_record(r);
 }
 
-class ValidationTest : public ::testing::Test {
- protected:
-  std::size_t count(const std::string& client, const std::string& op) {
-    std::size_t n = 0;
-    for (const auto& c : server_.calls()) n += c.client == client && c.op == op;
-    return n;
-  }
-  natsmock::MockServer server_{detail::RealClock::instance()};
-};
+class ValidationTest : public testing::MockServerTest {};
 
 TEST_F(ValidationTest, ValidatesWithACompareAndSwapThatStaleReadsCannotFool) {
   auto client = server_.client("a");
-  Election a(std::make_shared<Connection>(client, 2), fast("a"));
+  Election a(std::make_shared<Connection>(client, 2), fast_config("a"));
   a.start();
   ASSERT_TRUE(a.wait_for_leadership(5s));
   // Reads from this client now return the key's previous message, as a
@@ -75,11 +49,11 @@ TEST_F(ValidationTest, ValidatesWithACompareAndSwapThatStaleReadsCannotFool) {
   client->set_watch_silent(true);
   server_.put_raw("unit", "role", foreign_record());
   EXPECT_FALSE(a.validate_token());
-  EXPECT_TRUE(eventually([&] { return !a.is_leader(); })) << "a failed validation demotes";
+  EXPECT_TRUE(eventually_spinning([&] { return !a.is_leader(); })) << "a failed validation demotes";
 }
 
 TEST_F(ValidationTest, CachedModeSkipsTheRoundTripWithinTheStaleness) {
-  Election a(std::make_shared<Connection>(server_.client("a"), 2), fast("a"));
+  Election a(std::make_shared<Connection>(server_.client("a"), 2), fast_config("a"));
   a.start();
   ASSERT_TRUE(a.wait_for_leadership(5s));
   ASSERT_TRUE(a.validate_token());  // a fresh confirmation
@@ -89,7 +63,7 @@ TEST_F(ValidationTest, CachedModeSkipsTheRoundTripWithinTheStaleness) {
 }
 
 TEST_F(ValidationTest, WrongTokenOrNotLeadingIsInvalid) {
-  Election a(std::make_shared<Connection>(server_.client("a"), 2), fast("a"));
+  Election a(std::make_shared<Connection>(server_.client("a"), 2), fast_config("a"));
   EXPECT_FALSE(a.validate_token());
   a.start();
   ASSERT_TRUE(a.wait_for_leadership(5s));
@@ -110,24 +84,26 @@ TEST_F(ValidationTest, ObserverFollowsAHandoverAndAnExpiry) {
     seen.push_back(l ? l->instance_id : "none");
   };
   cb.on_promote = [](const Term&) { FAIL() << "an observer never promotes"; };
-  Config oc = fast("");
+  Config oc = fast_config("");
   Observer observer(std::make_shared<Connection>(server_.client("o"), 2), oc, cb);
   observer.start();
-  auto a = std::make_unique<Election>(std::make_shared<Connection>(server_.client("a"), 2), fast("a"));
-  Election b(std::make_shared<Connection>(server_.client("b"), 2), fast("b"));
+  auto a = std::make_unique<Election>(std::make_shared<Connection>(server_.client("a"), 2), fast_config("a"));
+  Election b(std::make_shared<Connection>(server_.client("b"), 2), fast_config("b"));
   a->start();
   ASSERT_TRUE(a->wait_for_leadership(5s));
   b.start();
-  ASSERT_TRUE(eventually([&] { return observer.leader() && observer.leader()->instance_id == "a"; }));
+  ASSERT_TRUE(
+      eventually_spinning([&] { return observer.leader() && observer.leader()->instance_id == "a"; }));
   EXPECT_GT(observer.leader()->lease_remaining, 0ms);
   EXPECT_LE(observer.leader()->lease_remaining, 600ms);
   a->stop();  // graceful: b takes over
-  ASSERT_TRUE(eventually([&] { return observer.leader() && observer.leader()->instance_id == "b"; }));
+  ASSERT_TRUE(
+      eventually_spinning([&] { return observer.leader() && observer.leader()->instance_id == "b"; }));
   b.stop({/*release=*/false, 5s});  // b goes away without releasing: the key expires
-  ASSERT_TRUE(eventually([&] { return !observer.leader().has_value(); }, 3s)) << "expiry noticed";
+  ASSERT_TRUE(eventually_spinning([&] { return !observer.leader().has_value(); }, 3s)) << "expiry noticed";
   EXPECT_EQ(count("o", "create"), 0u);
   // Callbacks run on their own thread, just after the state changed.
-  EXPECT_TRUE(eventually([&] {
+  EXPECT_TRUE(eventually_spinning([&] {
     std::lock_guard<std::mutex> lock(mu);
     return !seen.empty() && seen.back() == "none";
   }));
