@@ -46,7 +46,10 @@ ElectionDriver::ElectionDriver(std::shared_ptr<Connection> connection, Config co
       config_(std::move(config)),
       callbacks_(std::move(callbacks)),
       log_(telemetry.logger ? std::move(telemetry.logger) : default_logger()),
-      metrics_(std::move(metrics)),
+      // Without a registry, the no-op sink (not owned: it is static).
+      metrics_(metrics
+                   ? std::move(metrics)
+                   : std::shared_ptr<ElectionMetrics>(std::shared_ptr<ElectionMetrics>{}, &null_metrics())),
       core_(config_, make_seed(config_.instance_id), log_) {
   core_.set_metrics(metrics_.get());
   core_.set_observe_only(observe_only);
@@ -87,7 +90,7 @@ void ElectionDriver::publish() {
     lease_->term.store(0, std::memory_order_release);
     lease_->deadline_ns.store(0, std::memory_order_release);
   }
-  if (metrics_) {
+  {
     const auto now = SteadyClock::now();
     metrics_->lease_remaining(term != 0 && core_.lease_deadline() > now ? core_.lease_deadline() - now
                                                                         : Duration(0));
@@ -234,27 +237,20 @@ void ElectionDriver::stop_watch() {
   runtime_->io().post([watch = std::move(watch_)]() mutable { watch.reset(); });
 }
 
-std::shared_ptr<ElectionMetrics> ElectionDriver::metrics_or_null() const {
-  if (metrics_) return metrics_;
-  // A non-owning handle on the static no-op sink.
-  return std::shared_ptr<ElectionMetrics>(std::shared_ptr<ElectionMetrics>{}, &null_metrics());
-}
-
 void ElectionDriver::notify(const Notify& n) {
   const std::string who = fmt::format("role={} instance={}", config_.role, config_.instance_id);
   switch (n.kind) {
     case Notify::Kind::promote: {
       Term term(n.token, n.epoch, lease_);
-      callback_thread_.post([cb = callbacks_.on_promote, term, log = log_, metrics = metrics_or_null(),
+      callback_thread_.post([cb = callbacks_.on_promote, term, log = log_, metrics = metrics_,
                              who = fmt::format("{} term={}", who, n.token)] {
         if (cb) guarded(log, *metrics, "on_promote", who, [&] { cb(term); });
       });
       break;
     }
     case Notify::Kind::demote:
-      callback_thread_.post([cb = callbacks_.on_demote, reason = n.reason, log = log_,
-                             metrics = metrics_or_null(), who, weak = weak_from_this(),
-                             runtime = std::weak_ptr<Runtime>(runtime_)] {
+      callback_thread_.post([cb = callbacks_.on_demote, reason = n.reason, log = log_, metrics = metrics_,
+                             who, weak = weak_from_this(), runtime = std::weak_ptr<Runtime>(runtime_)] {
         if (cb) guarded(log, *metrics, "on_demote", who, [&] { cb(reason); });
         // Only now may the key be released: the leader's work has stopped.
         auto rt = runtime.lock();
@@ -267,16 +263,15 @@ void ElectionDriver::notify(const Notify& n) {
       });
       break;
     case Notify::Kind::leader_change:
-      callback_thread_.post([cb = callbacks_.on_leader_change, leader = n.leader, log = log_,
-                             metrics = metrics_or_null(), who] {
-        if (cb) guarded(log, *metrics, "on_leader_change", who, [&] { cb(leader); });
-      });
+      callback_thread_.post(
+          [cb = callbacks_.on_leader_change, leader = n.leader, log = log_, metrics = metrics_, who] {
+            if (cb) guarded(log, *metrics, "on_leader_change", who, [&] { cb(leader); });
+          });
       break;
     case Notify::Kind::error:
-      callback_thread_.post(
-          [cb = callbacks_.on_error, error = n.error, log = log_, metrics = metrics_or_null(), who] {
-            if (cb) guarded(log, *metrics, "on_error", who, [&] { cb(error); });
-          });
+      callback_thread_.post([cb = callbacks_.on_error, error = n.error, log = log_, metrics = metrics_, who] {
+        if (cb) guarded(log, *metrics, "on_error", who, [&] { cb(error); });
+      });
       break;
   }
 }
@@ -460,7 +455,7 @@ bool ElectionDriver::validate_token(const std::optional<FencingToken>& token,
   std::unique_lock<std::mutex> lock(mu_);
   if (status_.fencing_token.revision != term || (token && *token != status_.fencing_token)) return false;
   if (max_staleness.count() > 0 && start - validated_at_ <= max_staleness) {
-    if (metrics_) metrics_->token_validation("valid");
+    metrics_->token_validation("valid");
     return true;
   }
   lock.unlock();
@@ -475,7 +470,7 @@ bool ElectionDriver::validate_token(const std::optional<FencingToken>& token,
   });
   const bool valid = confirmed && validated_at_ >= start && lease_->holds(term, SteadyClock::now());
   lock.unlock();
-  if (metrics_) metrics_->token_validation(valid ? "valid" : confirmed ? "invalid" : "error");
+  metrics_->token_validation(valid ? "valid" : confirmed ? "invalid" : "error");
   return valid;
 }
 

@@ -63,7 +63,6 @@ class ElectionDriver : public std::enable_shared_from_this<ElectionDriver> {
   void notify(const Notify& n);
   void refresh_bucket();
   void run_health_check(std::uint64_t id);
-  std::shared_ptr<ElectionMetrics> metrics_or_null() const;
   void publish();
   void rearm();
 
