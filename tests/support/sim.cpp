@@ -7,8 +7,30 @@
 #include <stdexcept>
 
 #include "log.h"
+#include "record.h"
 
 namespace leader::testing {
+
+std::string foreign_record(const std::string& holder) {
+  detail::Record r;
+  r.holder = holder;
+  r.nonce = "0badc0de0badc0de";
+  return detail::encode_record(r);
+}
+
+std::vector<natsmock::CallRecord> calls_of(Sim& sim, const std::string& client, const std::string& op) {
+  std::vector<natsmock::CallRecord> out;
+  for (const auto& c : sim.server().calls()) {
+    if (c.client == client && c.op == op) out.push_back(c);
+  }
+  return out;
+}
+
+std::size_t count_calls(Sim& sim, const std::string& client, const std::string& op, TimePoint after) {
+  std::size_t n = 0;
+  for (const auto& c : calls_of(sim, client, op)) n += c.at >= after;
+  return n;
+}
 
 Config sim_config(const std::string& id) {
   Config c;

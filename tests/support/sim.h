@@ -25,6 +25,15 @@ using namespace std::chrono_literals;
 using detail::Duration;
 using detail::TimePoint;
 
+/// A record held by someone else (a foreign holder) for the role's key.
+std::string foreign_record(const std::string& holder = "intruder");
+
+class Sim;
+/// The server's call log entries of `client` for `op` ("create", ...).
+std::vector<natsmock::CallRecord> calls_of(Sim& sim, const std::string& client, const std::string& op);
+/// How many of those happened at or after `after`.
+std::size_t count_calls(Sim& sim, const std::string& client, const std::string& op, TimePoint after = {});
+
 /// A config for simulations: ttl 1 s, heartbeat 200 ms, margin 50 ms,
 /// call timeout 100 ms, jitter 5 ms.
 Config sim_config(const std::string& id = "a");

@@ -22,14 +22,6 @@ using ::testing::Contains;
 using ::testing::ElementsAre;
 using ::testing::Not;
 
-std::vector<CallRecord> calls_of(Sim& sim, const std::string& client, const std::string& op) {
-  std::vector<CallRecord> out;
-  for (const auto& c : sim.server().calls()) {
-    if (c.client == client && c.op == op) out.push_back(c);
-  }
-  return out;
-}
-
 // Promote/demote events only, to check that they alternate.
 std::vector<std::string> terms_of(const Sim::Candidate& c) {
   std::vector<std::string> out;
@@ -45,13 +37,6 @@ void expect_alternating(const Sim::Candidate& c) {
     EXPECT_EQ(t[i].rfind(i % 2 == 0 ? "promote:" : "demote:", 0), 0u)
         << c.id << " event " << i << ": " << t[i];
   }
-}
-
-std::string foreign_record(const std::string& holder) {
-  detail::Record r;
-  r.holder = holder;
-  r.nonce = "feedfacefeedface";
-  return detail::encode_record(r);
 }
 
 TEST(CoreTest, AcquiresAFreeKeyWithOneCreate) {

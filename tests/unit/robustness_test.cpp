@@ -18,24 +18,11 @@ using natsmock::Fault;
 using ::testing::Contains;
 using ::testing::Not;
 
-std::size_t count_calls(Sim& sim, const std::string& client, const std::string& op, TimePoint after = {}) {
-  std::size_t n = 0;
-  for (const auto& c : sim.server().calls()) n += c.client == client && c.op == op && c.at >= after;
-  return n;
-}
-
 Config with(const std::string& id, const std::function<void(Config&)>& change) {
   Config c = sim_config(id);
   change(c);
   c.validate();
   return c.resolved();
-}
-
-std::string foreign_record(const std::string& holder) {
-  detail::Record r;
-  r.holder = holder;
-  r.nonce = "0badc0de0badc0de";
-  return detail::encode_record(r);
 }
 
 TEST(GraceTest, DisconnectLongerThanTheGraceDemotes) {

@@ -12,6 +12,7 @@
 #include "leader/observer.h"
 #include "natsmock/mock_kv.h"
 #include "record.h"
+#include "sim.h"
 #include "support/mock_election.h"
 #include "support/wait.h"
 
@@ -21,13 +22,6 @@ namespace {
 using namespace std::chrono_literals;
 using testing::eventually_spinning;
 using testing::fast_config;
-
-std::string foreign_record() {
-  detail::Record r;
-  r.holder = "intruder";
-  r.nonce = "0badc0de0badc0de";
-  return detail::encode_record(r);
-}
 
 class ValidationTest : public testing::MockServerTest {};
 
@@ -47,7 +41,7 @@ TEST_F(ValidationTest, ValidatesWithACompareAndSwapThatStaleReadsCannotFool) {
 
   // The key is taken away; the stale read would still show our record.
   client->set_watch_silent(true);
-  server_.put_raw("unit", "role", foreign_record());
+  server_.put_raw("unit", "role", testing::foreign_record());
   EXPECT_FALSE(a.validate_token());
   EXPECT_TRUE(eventually_spinning([&] { return !a.is_leader(); })) << "a failed validation demotes";
 }
