@@ -40,7 +40,8 @@ void guarded(const std::shared_ptr<spdlog::logger>& log, ElectionMetrics& metric
 
 ElectionDriver::ElectionDriver(std::shared_ptr<Connection> connection, Config config, Callbacks callbacks,
                                Telemetry telemetry, std::shared_ptr<ElectionMetrics> metrics,
-                               bool observe_only, std::chrono::milliseconds requested_grace)
+                               bool observe_only, std::chrono::milliseconds requested_grace,
+                               DriverShared shared)
     : connection_(std::move(connection)),
       runtime_(connection_->runtime()),
       config_(std::move(config)),
@@ -50,12 +51,19 @@ ElectionDriver::ElectionDriver(std::shared_ptr<Connection> connection, Config co
       metrics_(metrics
                    ? std::move(metrics)
                    : std::shared_ptr<ElectionMetrics>(std::shared_ptr<ElectionMetrics>{}, &null_metrics())),
+      shared_(std::move(shared)),
+      own_callback_thread_(shared_.callback_pool ? nullptr : std::make_shared<ThreadPool>(1)),
+      callback_strand_(shared_.callback_pool ? shared_.callback_pool : own_callback_thread_),
       core_(config_, make_seed(config_.instance_id), log_) {
   core_.set_metrics(metrics_.get());
   core_.set_observe_only(observe_only);
   if (callbacks_.health_check && !observe_only) {
     core_.set_health_enabled(true);
-    health_thread_ = std::make_unique<ThreadPool>(1);
+    health_pool_ = shared_.health_pool;
+    if (!health_pool_) {
+      health_pool_ = std::make_shared<ThreadPool>(1);
+      own_health_thread_ = true;
+    }
   }
   if (requested_grace.count() > 0 && requested_grace > config_.disconnect_grace) {
     log_->warn("role={} instance={} disconnect_grace {} ms is longer than the lease allows; clamped to {} ms",
@@ -242,14 +250,14 @@ void ElectionDriver::notify(const Notify& n) {
   switch (n.kind) {
     case Notify::Kind::promote: {
       Term term(n.token, n.epoch, lease_);
-      callback_thread_.post([cb = callbacks_.on_promote, term, log = log_, metrics = metrics_,
+      callback_strand_.post([cb = callbacks_.on_promote, term, log = log_, metrics = metrics_,
                              who = fmt::format("{} term={}", who, n.token)] {
         if (cb) guarded(log, *metrics, "on_promote", who, [&] { cb(term); });
       });
       break;
     }
     case Notify::Kind::demote:
-      callback_thread_.post([cb = callbacks_.on_demote, reason = n.reason, log = log_, metrics = metrics_,
+      callback_strand_.post([cb = callbacks_.on_demote, reason = n.reason, log = log_, metrics = metrics_,
                              who, weak = weak_from_this(), runtime = std::weak_ptr<Runtime>(runtime_)] {
         if (cb) guarded(log, *metrics, "on_demote", who, [&] { cb(reason); });
         // Only now may the key be released: the leader's work has stopped.
@@ -263,13 +271,13 @@ void ElectionDriver::notify(const Notify& n) {
       });
       break;
     case Notify::Kind::leader_change:
-      callback_thread_.post(
+      callback_strand_.post(
           [cb = callbacks_.on_leader_change, leader = n.leader, log = log_, metrics = metrics_, who] {
             if (cb) guarded(log, *metrics, "on_leader_change", who, [&] { cb(leader); });
           });
       break;
     case Notify::Kind::error:
-      callback_thread_.post([cb = callbacks_.on_error, error = n.error, log = log_, metrics = metrics_, who] {
+      callback_strand_.post([cb = callbacks_.on_error, error = n.error, log = log_, metrics = metrics_, who] {
         if (cb) guarded(log, *metrics, "on_error", who, [&] { cb(error); });
       });
       break;
@@ -291,7 +299,7 @@ void ElectionDriver::refresh_bucket() {
       auto self = weak.lock();
       if (!self) return;
       self->step([self = self.get(), &opened](TimePoint now) {
-        if (opened.store) self->store_ = opened.store;
+        if (opened.store) self->store_ = self->wrap(opened.store);
         self->core_.on_bucket(opened.store ? std::optional<std::uint64_t>(opened.epoch) : std::nullopt,
                               opened.error, opened.message, now);
       });
@@ -300,13 +308,13 @@ void ElectionDriver::refresh_bucket() {
 }
 
 void ElectionDriver::run_health_check(std::uint64_t id) {
-  if (!callbacks_.health_check || !health_thread_) return;
+  if (!callbacks_.health_check || !health_pool_) return;
   // A check still running (hung) is not queued behind: the core counts the
   // missing answer as a failure when health_timeout passes.
   if (health_running_->exchange(true)) return;
-  health_thread_->post([check = callbacks_.health_check, running = health_running_, log = log_, id,
-                        weak = weak_from_this(), runtime = std::weak_ptr<Runtime>(runtime_),
-                        who = fmt::format("role={} instance={}", config_.role, config_.instance_id)] {
+  health_pool_->post([check = callbacks_.health_check, running = health_running_, log = log_, id,
+                      weak = weak_from_this(), runtime = std::weak_ptr<Runtime>(runtime_),
+                      who = fmt::format("role={} instance={}", config_.role, config_.instance_id)] {
     bool healthy = false;
     try {
       healthy = check();
@@ -327,32 +335,43 @@ void ElectionDriver::run_health_check(std::uint64_t id) {
   });
 }
 
-void ElectionDriver::start() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (running_) return;
-  }
+OpenResult open_bucket_or_throw(const Connection& connection, const Config& config) {
   BucketSpec spec;
-  spec.name = config_.bucket;
-  spec.ttl = config_.ttl;
-  spec.storage = config_.storage;
-  spec.replicas = config_.replicas;
+  spec.name = config.bucket;
+  spec.ttl = config.ttl;
+  spec.storage = config.storage;
+  spec.replicas = config.replicas;
   auto promise = std::make_shared<std::promise<OpenResult>>();
   std::future<OpenResult> future = promise->get_future();
-  runtime_->io().post([backend = connection_->backend(), spec, timeout = Duration(config_.start_timeout),
-                       promise] { promise->set_value(backend->open_bucket(spec, timeout)); });
+  connection.runtime()->io().post([backend = connection.backend(), spec,
+                                   timeout = Duration(config.start_timeout),
+                                   promise] { promise->set_value(backend->open_bucket(spec, timeout)); });
   // The client's own timeout is not trusted: bound the wait ourselves.
-  if (future.wait_for(config_.start_timeout + std::chrono::seconds(1)) != std::future_status::ready) {
+  if (future.wait_for(config.start_timeout + std::chrono::seconds(1)) != std::future_status::ready) {
     throw Error(make_error_code(Errc::timeout),
-                fmt::format("opening bucket \"{}\" did not finish within {} ms", config_.bucket,
-                            config_.start_timeout.count()));
+                fmt::format("opening bucket \"{}\" did not finish within {} ms", config.bucket,
+                            config.start_timeout.count()));
   }
   OpenResult opened = future.get();
   if (!opened.store) {
     throw Error(
         opened.error ? opened.error : make_error_code(Errc::other),
-        opened.message.empty() ? fmt::format("cannot open bucket \"{}\"", config_.bucket) : opened.message);
+        opened.message.empty() ? fmt::format("cannot open bucket \"{}\"", config.bucket) : opened.message);
   }
+  return opened;
+}
+
+std::shared_ptr<KvStore> ElectionDriver::wrap(std::shared_ptr<KvStore> store) const {
+  return shared_.wrap_store ? shared_.wrap_store(std::move(store)) : store;
+}
+
+void ElectionDriver::start(std::optional<OpenResult> preopened) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (running_) return;
+  }
+  OpenResult opened =
+      preopened && preopened->store ? std::move(*preopened) : open_bucket_or_throw(*connection_, config_);
   // A hung server is noticed through pings (about two intervals); past the
   // lease the leader would stop on its own deadline first, but the
   // disconnect (and the grace) would be learned late.
@@ -383,7 +402,7 @@ void ElectionDriver::start() {
     std::lock_guard<std::mutex> lock(mu_);
     running_ = true;
   }
-  post([this, store = opened.store, epoch = opened.epoch,
+  post([this, store = wrap(opened.store), epoch = opened.epoch,
         state = connection_->backend()->state()](TimePoint now) {
     store_ = store;
     core_.set_epoch(epoch);
@@ -393,20 +412,36 @@ void ElectionDriver::start() {
 }
 
 void ElectionDriver::stop(const StopOptions& options) noexcept {
+  const std::optional<std::uint64_t> ticket = begin_stop(options);
+  // From a callback (or the loop) we cannot wait: on_demote needs this
+  // thread. The stop completes after the callback returns.
+  if (!ticket || callback_strand_.in_strand() || runtime_->loop().in_loop_thread()) return;
+  wait_stopped(*ticket, options);
+}
+
+std::optional<std::uint64_t> ElectionDriver::begin_stop(const StopOptions& options) noexcept {
   try {
-    std::unique_lock<std::mutex> lock(mu_);
-    if (!running_) return;
-    const std::uint64_t finished = finished_count_;
-    lock.unlock();
+    std::uint64_t ticket = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!running_) return std::nullopt;
+      ticket = finished_count_;
+    }
     post([this, options](TimePoint now) { core_.request_stop(options.release, options.timeout, now); });
-    // From a callback (or the loop) we cannot wait: on_demote needs this
-    // thread. The stop completes after the callback returns.
-    if (callback_thread_.in_pool_thread() || runtime_->loop().in_loop_thread()) return;
-    lock.lock();
-    const auto cap = options.timeout + config_.call_timeout + std::chrono::seconds(2);
-    cv_.wait_for(lock, cap, [&] { return finished_count_ != finished; });
+    return ticket;
   } catch (...) {
     // stop() never throws; a failure to post means the runtime is gone.
+    return std::nullopt;
+  }
+}
+
+void ElectionDriver::wait_stopped(std::uint64_t ticket, const StopOptions& options) noexcept {
+  try {
+    std::unique_lock<std::mutex> lock(mu_);
+    const auto cap = options.timeout + config_.call_timeout + std::chrono::seconds(2);
+    cv_.wait_for(lock, cap, [&] { return finished_count_ != ticket; });
+  } catch (...) {
+    // Never throws (a mutex error would end the wait early).
   }
 }
 
@@ -420,13 +455,18 @@ void ElectionDriver::shutdown() noexcept {
     connection_->backend()->unsubscribe_state(state_listener_);
     state_subscribed_ = false;
   }
-  // Queued callbacks (an on_demote at least) still run, then the thread ends.
-  callback_thread_.shutdown();
+  // Queued callbacks (an on_demote at least) still run, then the thread
+  // (when the driver has its own) ends.
+  callback_strand_.shutdown();
+  if (own_callback_thread_) own_callback_thread_->shutdown();
   // A hung health check is not waited for: its thread is left to finish.
-  if (health_thread_ && health_running_->load()) {
-    health_thread_.release()->shutdown_detached();
-  } else if (health_thread_) {
-    health_thread_->shutdown();
+  // A shared pool belongs to the manager, which outlives the driver.
+  if (own_health_thread_ && health_pool_) {
+    if (health_running_->load()) {
+      health_pool_->shutdown_detached();
+    } else {
+      health_pool_->shutdown();
+    }
   }
 }
 

@@ -25,6 +25,19 @@
 
 namespace leader::detail {
 
+/// What a driver may share with other drivers (a RoleManager's roles).
+/// Everything null/empty: a standalone election with threads of its own.
+struct DriverShared {
+  /// Runs the callbacks (through a strand per driver); null: one thread of
+  /// the driver's own.
+  std::shared_ptr<ThreadPool> callback_pool;
+  /// Runs health checks; null: one thread of the driver's own when the
+  /// election has a check.
+  std::shared_ptr<ThreadPool> health_pool;
+  /// Wraps every store the driver opens (the RoleManager's shared watch).
+  std::function<std::shared_ptr<KvStore>(std::shared_ptr<KvStore>)> wrap_store;
+};
+
 class ElectionDriver : public std::enable_shared_from_this<ElectionDriver> {
  public:
   /// `config` must be validated and resolved. `metrics` (optional) must be
@@ -33,11 +46,22 @@ class ElectionDriver : public std::enable_shared_from_this<ElectionDriver> {
   /// disconnect_grace as configured, to warn when it was clamped.
   ElectionDriver(std::shared_ptr<Connection> connection, Config config, Callbacks callbacks,
                  Telemetry telemetry = {}, std::shared_ptr<ElectionMetrics> metrics = nullptr,
-                 bool observe_only = false, std::chrono::milliseconds requested_grace = {});
+                 bool observe_only = false, std::chrono::milliseconds requested_grace = {},
+                 DriverShared shared = {});
   ~ElectionDriver();
 
-  void start();
+  /// Opens the bucket (or uses `opened`, a successful open_bucket() of the
+  /// config's bucket) and starts campaigning. Throws leader::Error.
+  void start(std::optional<OpenResult> opened = std::nullopt);
   void stop(const StopOptions& options) noexcept;
+  /// The first half of stop(): asks for the stop and returns at once.
+  /// Returns what to pass to wait_stopped(), or nullopt if not running.
+  std::optional<std::uint64_t> begin_stop(const StopOptions& options) noexcept;
+  /// The second half: waits (bounded by the options' timeout plus a call)
+  /// until the stop begun with `ticket` finished.
+  void wait_stopped(std::uint64_t ticket, const StopOptions& options) noexcept;
+  /// True on the thread running one of this election's callbacks.
+  bool in_callback() const noexcept { return callback_strand_.in_strand(); }
   void step_down(std::chrono::milliseconds cooldown);
   /// stop() plus: no callback runs after this returns (unless called from
   /// a callback, which cannot wait for itself).
@@ -65,6 +89,7 @@ class ElectionDriver : public std::enable_shared_from_this<ElectionDriver> {
   void run_health_check(std::uint64_t id);
   void publish();
   void rearm();
+  std::shared_ptr<KvStore> wrap(std::shared_ptr<KvStore> store) const;
 
   const std::shared_ptr<Connection> connection_;
   const std::shared_ptr<Runtime> runtime_;
@@ -73,8 +98,11 @@ class ElectionDriver : public std::enable_shared_from_this<ElectionDriver> {
   const std::shared_ptr<LeaseState> lease_ = std::make_shared<LeaseState>();
   std::shared_ptr<spdlog::logger> log_;
   std::shared_ptr<ElectionMetrics> metrics_;
-  ThreadPool callback_thread_{1};
-  std::unique_ptr<ThreadPool> health_thread_;  // only with a health check
+  const DriverShared shared_;
+  std::shared_ptr<ThreadPool> own_callback_thread_;  // standalone only
+  Strand callback_strand_;
+  std::shared_ptr<ThreadPool> health_pool_;  // only with a health check
+  bool own_health_thread_ = false;
   std::shared_ptr<std::atomic<bool>> health_running_ = std::make_shared<std::atomic<bool>>(false);
 
   // Loop thread only.
@@ -98,10 +126,15 @@ class ElectionDriver : public std::enable_shared_from_this<ElectionDriver> {
   std::uint64_t finished_count_ = 0;
 };
 
+/// Opens the config's bucket through the connection's I/O pool, bounded by
+/// start_timeout. Throws leader::Error.
+OpenResult open_bucket_or_throw(const Connection& connection, const Config& config);
+
 /// Validates `config`, builds the metrics (when a registry is given) and
 /// the driver. Throws ConfigError.
 std::shared_ptr<ElectionDriver> make_driver(std::shared_ptr<Connection> connection, Config config,
-                                            Callbacks callbacks, Telemetry telemetry, bool observe_only);
+                                            Callbacks callbacks, Telemetry telemetry, bool observe_only,
+                                            DriverShared shared = {});
 /// shutdown(), then drops the driver on this thread (see election.cpp).
 void release_driver(std::shared_ptr<ElectionDriver>& driver) noexcept;
 

@@ -11,7 +11,8 @@ namespace leader {
 namespace detail {
 
 std::shared_ptr<ElectionDriver> make_driver(std::shared_ptr<Connection> connection, Config config,
-                                            Callbacks callbacks, Telemetry telemetry, bool observe_only) {
+                                            Callbacks callbacks, Telemetry telemetry, bool observe_only,
+                                            DriverShared shared) {
   if (!connection) throw ConfigError("connection", "must not be null");
   config.validate();
   const auto requested_grace = config.disconnect_grace;
@@ -29,7 +30,7 @@ std::shared_ptr<ElectionDriver> make_driver(std::shared_ptr<Connection> connecti
   }
   return std::make_shared<ElectionDriver>(std::move(connection), std::move(resolved), std::move(callbacks),
                                           std::move(telemetry), std::move(metrics), observe_only,
-                                          requested_grace);
+                                          requested_grace, std::move(shared));
 }
 
 void release_driver(std::shared_ptr<ElectionDriver>& driver) noexcept {

@@ -125,7 +125,6 @@ void ThreadPool::shutdown_detached() noexcept {
   for (auto& t : threads_) {
     if (t.joinable()) t.detach();
   }
-  delete this;
 }
 
 bool ThreadPool::in_pool_thread() const noexcept {
@@ -155,6 +154,77 @@ void ThreadPool::run(const std::shared_ptr<State>& s) {
     task = nullptr;
     lock.lock();
   }
+}
+
+struct Strand::State {
+  std::shared_ptr<ThreadPool> pool;
+  mutable std::mutex mu;
+  std::condition_variable idle;
+  std::deque<std::function<void()>> tasks;
+  bool scheduled = false;  // a drain is queued on the pool or running
+  bool stopped = false;
+};
+
+namespace {
+// The strand whose task runs on this thread, if any.
+thread_local const void* current_strand = nullptr;
+// Tasks one drain runs before it yields its pool thread to other strands.
+constexpr int kStrandBatch = 16;
+}  // namespace
+
+Strand::Strand(std::shared_ptr<ThreadPool> pool) : state_(std::make_shared<State>()) {
+  state_->pool = std::move(pool);
+}
+
+Strand::~Strand() { shutdown(); }
+
+void Strand::post(std::function<void()> task) {
+  bool schedule = false;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (state_->stopped) return;
+    state_->tasks.push_back(std::move(task));
+    schedule = !state_->scheduled;
+    state_->scheduled = true;
+  }
+  if (schedule) state_->pool->post([s = state_] { drain(s); });
+}
+
+void Strand::drain(const std::shared_ptr<State>& s) {
+  const void* outer = current_strand;
+  current_strand = s.get();
+  for (int n = 0; n < kStrandBatch; ++n) {
+    std::function<void()> task;
+    {
+      std::lock_guard<std::mutex> lock(s->mu);
+      if (s->tasks.empty()) {
+        s->scheduled = false;
+        s->idle.notify_all();
+        current_strand = outer;
+        return;
+      }
+      task = std::move(s->tasks.front());
+      s->tasks.pop_front();
+    }
+    task();
+  }
+  current_strand = outer;
+  // More to do: go to the back of the pool's queue, behind other strands.
+  s->pool->post([s] { drain(s); });
+}
+
+bool Strand::in_strand() const noexcept { return current_strand == state_.get(); }
+
+bool Strand::busy() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->scheduled;
+}
+
+void Strand::shutdown() {
+  std::unique_lock<std::mutex> lock(state_->mu);
+  state_->stopped = true;
+  if (in_strand()) return;
+  state_->idle.wait(lock, [this] { return !state_->scheduled; });
 }
 
 }  // namespace leader::detail

@@ -61,7 +61,8 @@ class ThreadPool {
   /// if it is one of the pool's).
   void shutdown();
   /// Stops taking tasks and lets the threads end by themselves, without
-  /// waiting (for a thread that may be stuck in user code); deletes this.
+  /// waiting (for a thread that may be stuck in user code). The threads
+  /// keep what they need alive; this object may be destroyed at once.
   void shutdown_detached() noexcept;
 
  private:
@@ -71,7 +72,33 @@ class ThreadPool {
   std::vector<std::thread> threads_;
 };
 
-/// What a connection owns to drive its elections.
+/// A serial executor over a shared pool: tasks posted to one strand run
+/// one at a time and in order, on any of the pool's threads; different
+/// strands run in parallel. Lets many elections share a few callback
+/// threads while each keeps its callbacks in order.
+class Strand {
+ public:
+  explicit Strand(std::shared_ptr<ThreadPool> pool);
+  ~Strand();
+  Strand(const Strand&) = delete;
+  Strand& operator=(const Strand&) = delete;
+
+  /// Ignored after shutdown().
+  void post(std::function<void()> task);
+  /// True on the thread running one of this strand's tasks.
+  bool in_strand() const noexcept;
+  /// True while a task runs or waits.
+  bool busy() const;
+  /// Stops taking tasks, lets the queued ones run and waits for them
+  /// (unless called from one of them, which cannot wait for itself).
+  void shutdown();
+
+ private:
+  struct State;
+  static void drain(const std::shared_ptr<State>& state);
+  std::shared_ptr<State> state_;
+};
+
 /// What a connection owns to drive its elections. Tasks and handlers hold
 /// it only weakly, so it dies with its connection on the owner's thread.
 /// The I/O pool goes first (its in-flight calls finish, their results find
