@@ -2,6 +2,14 @@
 
 namespace leader::detail {
 
+std::unique_ptr<Watch> KvStore::watch_all(WatchHandler, KvResult* error) {
+  if (error != nullptr) {
+    error->outcome = KvOutcome::other;
+    error->message = "this store cannot watch a whole bucket";
+  }
+  return nullptr;
+}
+
 const char* to_string(KvOutcome o) noexcept {
   switch (o) {
     case KvOutcome::ok:

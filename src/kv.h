@@ -117,6 +117,11 @@ class KvStore {
   /// `replay_done`, then every new message. Returns nullptr and fills
   /// `error` if the watch cannot be created.
   virtual std::unique_ptr<Watch> watch(const std::string& key, WatchHandler handler, KvResult* error) = 0;
+
+  /// Watches every key of the bucket, as `watch()` does one: replays each
+  /// key's latest message, then `replay_done`, then every new message.
+  /// Default: fails with `other` (not supported).
+  virtual std::unique_ptr<Watch> watch_all(WatchHandler handler, KvResult* error);
 };
 
 /// How an election wants its bucket.

@@ -48,7 +48,8 @@ struct Bucket {
 // it is released by whichever writing thread gets `delivery` first.
 struct WatchCore {
   std::string bucket;
-  std::string key;
+  std::string key;   // empty with `all`
+  bool all = false;  // every key of the bucket
   std::shared_ptr<ClientCore> client;
   detail::WatchHandler handler;
 
@@ -181,7 +182,7 @@ void push_event(WatchCore& w, WatchEvent event) {
 
 void enqueue_entry(ServerCore& s, const std::string& bucket, const KvEntry& entry, Drains& drains) {
   for (const auto& w : s.watches) {
-    if (w->bucket != bucket || w->key != entry.key || !deliverable(s, *w->client)) continue;
+    if (w->bucket != bucket || (!w->all && w->key != entry.key) || !deliverable(s, *w->client)) continue;
     WatchEvent ev;
     ev.kind = WatchEvent::Kind::entry;
     ev.entry = entry;
@@ -411,6 +412,16 @@ class MockStore final : public detail::KvStore {
 
   std::unique_ptr<detail::Watch> watch(const std::string& key, detail::WatchHandler handler,
                                        KvResult* error) override {
+    return watch_impl(key, false, std::move(handler), error);
+  }
+
+  std::unique_ptr<detail::Watch> watch_all(detail::WatchHandler handler, KvResult* error) override {
+    return watch_impl("", true, std::move(handler), error);
+  }
+
+ private:
+  std::unique_ptr<detail::Watch> watch_impl(const std::string& key, bool all, detail::WatchHandler handler,
+                                            KvResult* error) {
     ServerCore& s = *client_->server;
     ClientCore& c = *client_;
     Drains drains;
@@ -420,7 +431,7 @@ class MockStore final : public detail::KvStore {
       std::lock_guard<std::mutex> lk(s.mu);
       CallRecord rec;
       rec.client = c.name;
-      rec.op = "watch";
+      rec.op = all ? "watch_all" : "watch";
       rec.key = key;
       if (auto g = gate(s, c)) {
         fail = failure(*g, std::string("watch of ") + where(bucket_, key) + ": " + detail::to_string(*g));
@@ -434,12 +445,22 @@ class MockStore final : public detail::KvStore {
         w = std::make_shared<WatchCore>();
         w->bucket = bucket_;
         w->key = key;
+        w->all = all;
         w->client = client_;
         w->handler = std::move(handler);
-        const std::deque<Message>* msgs = live_messages(s, *b, key);
-        if (msgs) rec.revision = msgs->back().entry.revision;
+        std::vector<const std::deque<Message>*> replay;
+        if (all) {
+          std::vector<std::string> names;  // live_messages() may erase expired keys
+          for (const auto& kv : b->keys) names.push_back(kv.first);
+          for (const auto& k : names) {
+            if (const std::deque<Message>* msgs = live_messages(s, *b, k)) replay.push_back(msgs);
+          }
+        } else if (const std::deque<Message>* msgs = live_messages(s, *b, key)) {
+          replay.push_back(msgs);
+          rec.revision = msgs->back().entry.revision;
+        }
         if (deliverable(s, c)) {
-          if (msgs) {
+          for (const auto* msgs : replay) {
             WatchEvent ev;
             ev.entry = msgs->back().entry;
             push_event(*w, std::move(ev));
@@ -462,7 +483,6 @@ class MockStore final : public detail::KvStore {
     return std::make_unique<MockWatch>(client_->server, std::move(w));
   }
 
- private:
   KvResult run(const std::string& op, const std::string& key, const std::string& value,
                std::optional<std::uint64_t> expected) {
     Drains drains;

@@ -234,6 +234,7 @@ struct Core {
 /// its last message callback returned.
 class WatchCore {
  public:
+  /// `key` empty: a watch of every key of the bucket.
   WatchCore(std::string bucket, std::string key, WatchHandler handler)
       : bucket_(std::move(bucket)), key_(std::move(key)), handler_(std::move(handler)) {}
 

@@ -171,6 +171,15 @@ class NatsKvStore final : public KvStore {
     }
   }
 
+  std::unique_ptr<Watch> watch_all(WatchHandler handler, KvResult* error) override {
+    try {
+      return watch_impl(">", std::move(handler), error);
+    } catch (...) {
+      if (error != nullptr) *error = unexpected("watch", ">");
+      return nullptr;
+    }
+  }
+
  private:
   std::string subject(const std::string& key) const { return "$KV." + bucket_ + "." + key; }
 
@@ -312,6 +321,7 @@ class NatsKvStore final : public KvStore {
     return over;
   }
 
+  /// `key` ">": every key of the bucket.
   std::unique_ptr<Watch> watch_impl(const std::string& key, WatchHandler handler, KvResult* error) {
     auto fail = [&](KvResult r) -> std::unique_ptr<Watch> {
       if (error != nullptr) *error = std::move(r);
@@ -321,7 +331,8 @@ class NatsKvStore final : public KvStore {
     const auto deadline = deadline_after(kWatchSetupTimeout);
     if (auto r = precheck("watch", key, deadline)) return fail(std::move(*r));
 
-    auto core = std::make_shared<WatchCore>(bucket_, key, std::move(handler));
+    // A bucket watch names each entry's key from its subject.
+    auto core = std::make_shared<WatchCore>(bucket_, key == ">" ? std::string() : key, std::move(handler));
     core->self = core;  // released by nats.c's completion callback
     const auto id = core_->events->add_watch(core);
 
@@ -409,7 +420,14 @@ void WatchCore::handle(natsMsg* msg) {
   }
   WatchEvent event;
   event.kind = WatchEvent::Kind::entry;
-  event.entry = entry_of(msg, key_, meta->Sequence.Stream, meta->Timestamp);
+  std::string key = key_;
+  if (key.empty()) {
+    // A bucket watch: the key is the subject past "$KV.<bucket>.".
+    const char* subj = natsMsg_GetSubject(msg);
+    const std::size_t prefix = 4 + bucket_.size() + 1;
+    if (subj != nullptr && std::strlen(subj) > prefix) key.assign(subj + prefix);
+  }
+  event.entry = entry_of(msg, key, meta->Sequence.Stream, meta->Timestamp);
   const bool caught_up = meta->NumPending == 0;
 
   std::lock_guard<std::mutex> lock(mu_);

@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -445,6 +446,48 @@ TEST_F(NatsKvTest, WatchOnEmptyKeyDeliversReplayDonePromptly) {
   const auto ev = rec.events();
   ASSERT_EQ(ev.size(), 1u);
   EXPECT_EQ(ev[0].kind, WatchEvent::Kind::replay_done);
+}
+
+TEST_F(NatsKvTest, WatchAllReplaysTheLatestOfEveryKeyThenGoesLive) {
+  const auto a1 = must_create("a", "1");
+  auto a2 = store_->update("a", "2", a1, kCall);
+  ASSERT_EQ(a2.outcome, KvOutcome::ok) << a2.message;
+  const auto b1 = must_create("b.dotted", "x");
+  auto del = store_->erase("b.dotted", b1, kCall);
+  ASSERT_EQ(del.outcome, KvOutcome::ok) << del.message;
+  Recorder rec;
+  KvResult err;
+  auto w = store_->watch_all(rec.handler(), &err);
+  ASSERT_NE(w, nullptr) << err.message;
+  ASSERT_TRUE(rec.wait_for_kind(WatchEvent::Kind::replay_done));
+  auto ev = rec.events();
+  ASSERT_EQ(ev.size(), 3u);
+  std::map<std::string, leader::detail::KvEntry> latest;
+  for (std::size_t i = 0; i < 2; ++i) {
+    ASSERT_EQ(ev[i].kind, WatchEvent::Kind::entry);
+    latest[ev[i].entry.key] = ev[i].entry;
+  }
+  EXPECT_EQ(latest["a"].revision, a2.revision);
+  EXPECT_EQ(latest["a"].value, "2");
+  EXPECT_EQ(latest["b.dotted"].op, EntryOp::del) << "keys keep their dots";
+  EXPECT_EQ(latest["b.dotted"].revision, del.revision);
+
+  const auto c1 = must_create("c", "live");
+  ASSERT_TRUE(rec.wait_for_count(4));
+  ev = rec.events();
+  EXPECT_EQ(ev[3].entry.key, "c");
+  EXPECT_EQ(ev[3].entry.revision, c1);
+}
+
+TEST_F(NatsKvTest, WatchAllOfAnEmptyBucketDeliversReplayDonePromptly) {
+  Recorder rec;
+  KvResult err;
+  const auto start = Clock::now();
+  auto w = store_->watch_all(rec.handler(), &err);
+  ASSERT_NE(w, nullptr) << err.message;
+  ASSERT_TRUE(rec.wait_for_kind(WatchEvent::Kind::replay_done, 2s));
+  EXPECT_LT(Clock::now() - start, 2s);
+  EXPECT_EQ(rec.events().size(), 1u);
 }
 
 TEST_F(NatsKvTest, WatchDeliversLivePutsAndDeletesWithRevisions) {
