@@ -189,7 +189,9 @@ milliseconds parse_duration(const std::string& text, const std::string& field) {
   }
   const std::string unit = text.substr(i);
   long long factor = 0;
-  if (unit == "ms") {
+  if (unit.empty() && value == 0) {
+    return milliseconds{0};  // "0" needs no unit
+  } else if (unit == "ms") {
     factor = 1;
   } else if (unit == "s") {
     factor = 1000;

@@ -107,7 +107,8 @@ struct Config {
 };
 
 /// Parses durations like "3s", "500ms", "1m", "2h" (a non-negative
-/// integer and a unit). Throws `ConfigError` with `field` on bad input.
+/// integer and a unit; "0" alone needs none). Throws `ConfigError` with
+/// `field` on bad input.
 std::chrono::milliseconds parse_duration(const std::string& text, const std::string& field = "duration");
 
 }  // namespace leader

@@ -98,11 +98,12 @@ TEST(ConfigTest, ParsesDurations) {
   EXPECT_EQ(parse_duration("2m"), 120s);
   EXPECT_EQ(parse_duration("1h"), 3600s);
   EXPECT_EQ(parse_duration("0s"), 0ms);
+  EXPECT_EQ(parse_duration("0"), 0ms);
 }
 
 TEST(ConfigTest, RejectsBadDurationsNamingTheField) {
   for (const char* bad :
-       {"", "s", "3", "3x", "-1s", "1.5s", "99999999999999999999s", "9223372036854775807h", " 3s", "3s "}) {
+       {"", "s", "3", "00x", "3x", "-1s", "1.5s", "99999999999999999999s", "9223372036854775807h", " 3s", "3s "}) {
     try {
       parse_duration(bad, "ttl");
       FAIL() << "accepted " << bad;
