@@ -42,10 +42,12 @@ class RoleManagerImpl {
 
   void add(Config config, Callbacks callbacks) {
     const std::string role = config.role;
+    std::uint64_t stops = 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (roles_.count(role) != 0) throw ConfigError("role", "\"" + role + "\" is already added");
       roles_.emplace(role, nullptr);  // reserved while it starts
+      stops = stops_;
     }
     try {
       const bool health = static_cast<bool>(callbacks.health_check);
@@ -61,8 +63,16 @@ class RoleManagerImpl {
       auto driver = make_driver(connection_, std::move(config), std::move(callbacks), telemetry_,
                                 /*observe_only=*/false, std::move(shared));
       driver->start(bucket.opened);
-      std::lock_guard<std::mutex> lock(mu_);
-      roles_[role] = std::move(driver);
+      std::unique_lock<std::mutex> lock(mu_);
+      if (stops_ == stops) {
+        roles_[role] = std::move(driver);
+        return;
+      }
+      // stop() ran while this role started: it must not outlive the stop.
+      roles_.erase(role);
+      lock.unlock();
+      driver->stop(StopOptions{});
+      release_driver(driver);
     } catch (...) {
       std::lock_guard<std::mutex> lock(mu_);
       roles_.erase(role);
@@ -94,12 +104,13 @@ class RoleManagerImpl {
     std::map<std::string, std::shared_ptr<ElectionDriver>> roles;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      ++stops_;
       for (auto it = roles_.begin(); it != roles_.end();) {
         if (it->second) {
           roles.emplace(it->first, std::move(it->second));
           it = roles_.erase(it);
         } else {
-          ++it;  // still starting: its add() finishes it
+          ++it;  // still starting: its add() sees stops_ and stops it
         }
       }
     }
@@ -163,9 +174,10 @@ class RoleManagerImpl {
     std::shared_ptr<WatchHub> hub;
   };
 
-  // The bucket of `config`, opened once per manager; a role asking for a
-  // bucket of the same name with another TTL, storage or replication
-  // opens it itself (and gets the server's bucket_mismatch).
+  // The bucket of `config`, opened once per manager. A role asking for a
+  // bucket of the same name with another TTL, storage or replication is
+  // refused: with the server's bucket_mismatch when it disagrees, else
+  // with a ConfigError (one manager keeps one spec per bucket).
   Bucket& open(const Config& config) {
     std::lock_guard<std::mutex> lock(open_mu_);
     BucketSpec spec;
@@ -225,6 +237,7 @@ class RoleManagerImpl {
 
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<ElectionDriver>> roles_;  // null: starting
+  std::uint64_t stops_ = 0;                                       // stop_all() calls so far
   std::shared_ptr<ThreadPool> health_pool_;
   std::unique_ptr<ThreadPool> reaper_;
 

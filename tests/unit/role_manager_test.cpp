@@ -19,6 +19,7 @@
 #include "natsmock/mock_kv.h"
 #include "runtime.h"
 #include "support/mock_election.h"
+#include "support/proc_status.h"
 #include "support/wait.h"
 #include "watch_hub.h"
 
@@ -30,15 +31,6 @@ using detail::KvEntry;
 using detail::WatchEvent;
 using testing::eventually;
 using testing::fast_config;
-
-int thread_count() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("Threads:", 0) == 0) return std::stoi(line.substr(8));
-  }
-  return -1;
-}
 
 std::string role_name(int i) {
   char buf[16];
@@ -273,7 +265,7 @@ TEST_F(RoleManagerTest, ThreadsDoNotGrowWithTheNumberOfRoles) {
   RoleManagerOptions opts;
   opts.callback_threads = 2;
   auto conn = connection("a");
-  const int before = thread_count();
+  const int before = testing::proc_status("Threads");
   {
     RoleManager m(conn, defaults("a"), opts);
     std::atomic<int> promoted{0};
@@ -283,12 +275,12 @@ TEST_F(RoleManagerTest, ThreadsDoNotGrowWithTheNumberOfRoles) {
       m.add(role_name(i), cb);
     }
     ASSERT_TRUE(eventually([&] { return promoted.load() == 300; }));
-    const int during = thread_count();
+    const int during = testing::proc_status("Threads");
     // The manager's own: its callback threads only (the loop and I/O
     // threads belong to the connection, made before `before`).
     EXPECT_LE(during - before, opts.callback_threads) << "before " << before << ", with 300 roles " << during;
   }
-  EXPECT_EQ(thread_count(), before);
+  EXPECT_EQ(testing::proc_status("Threads"), before);
 }
 
 TEST_F(RoleManagerTest, RemovingARoleReleasesItAndTheOtherManagerTakesOverAtOnce) {
@@ -329,6 +321,26 @@ TEST_F(RoleManagerTest, StopReleasesEveryRole) {
   // Roles can be added again after stop().
   a.add(roles[0], {});
   EXPECT_TRUE(a.contains(roles[0]));
+}
+
+TEST_F(RoleManagerTest, ARoleStillStartingWhenStopRunsDoesNotOutliveTheStop) {
+  auto client = server_.client("a");
+  RoleManager a(std::make_shared<Connection>(client, 2), defaults("a"));
+  natsmock::Fault slow_open;
+  slow_open.op = "open";
+  slow_open.outcome = detail::KvOutcome::ok;
+  slow_open.hang = true;
+  client->inject(slow_open);
+  auto adding = std::async(std::launch::async, [&] { a.add("x", {}); });
+  ASSERT_TRUE(client->wait_for_hung_calls(1, 5s));
+  a.stop();  // while "x" is still opening its bucket
+  client->release_hangs();
+  adding.get();
+  EXPECT_FALSE(a.contains("x"));
+  // It may have led for a moment; it must not lead now.
+  EXPECT_FALSE(a.is_leader("x"));
+  const auto key = server_.peek("unit", "x");
+  EXPECT_TRUE(!key || key->op != detail::EntryOp::put) << "released";
 }
 
 TEST_F(RoleManagerTest, CallbacksOfEachRoleAlternateInOrderOnSharedThreads) {
