@@ -7,5 +7,6 @@
 #include "leader/error.h"
 #include "leader/fencing.h"
 #include "leader/observer.h"
+#include "leader/role_manager.h"
 #include "leader/telemetry.h"
 #include "leader/types.h"
