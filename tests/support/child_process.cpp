@@ -20,13 +20,15 @@ using namespace std::chrono_literals;
 
 ChildProcess::ChildProcess(const std::vector<std::string>& argv, InheritedFds inherited) {
   int fds[2];
-  if (pipe2(fds, O_CLOEXEC) != 0) {
+  int in[2];
+  if (pipe2(fds, O_CLOEXEC) != 0 || pipe2(in, O_CLOEXEC) != 0) {
     error_ = std::string("pipe2: ") + std::strerror(errno);
     return;
   }
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, in[0], STDIN_FILENO);
   if (inherited == InheritedFds::close) posix_spawn_file_actions_addclosefrom_np(&actions, STDERR_FILENO + 1);
   std::vector<char*> args;
   args.reserve(argv.size() + 1);
@@ -35,7 +37,9 @@ ChildProcess::ChildProcess(const std::vector<std::string>& argv, InheritedFds in
   const int rc = posix_spawn(&pid_, args[0], &actions, nullptr, args.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
   close(fds[1]);
+  close(in[0]);
   read_fd_ = fds[0];
+  write_fd_ = in[1];
   if (rc != 0) {
     pid_ = -1;
     error_ = "posix_spawn " + argv[0] + ": " + std::strerror(rc);
@@ -45,6 +49,21 @@ ChildProcess::ChildProcess(const std::vector<std::string>& argv, InheritedFds in
 ChildProcess::~ChildProcess() {
   kill();
   if (read_fd_ >= 0) close(read_fd_);
+  if (write_fd_ >= 0) close(write_fd_);
+}
+
+bool ChildProcess::write_stdin(const std::string& text) {
+  // A child that exited must fail the write, not kill the test.
+  static const bool ignored = [] { return ::signal(SIGPIPE, SIG_IGN) != SIG_ERR; }();
+  (void)ignored;
+  std::size_t done = 0;
+  while (write_fd_ >= 0 && done < text.size()) {
+    const ssize_t n = ::write(write_fd_, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    done += static_cast<std::size_t>(n);
+  }
+  return done == text.size();
 }
 
 const std::string& ChildProcess::output(std::chrono::milliseconds wait) {

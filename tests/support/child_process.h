@@ -24,7 +24,8 @@ enum class InheritedFds {
 
 class ChildProcess {
  public:
-  /// Spawns argv[0] (a path) with the rest as arguments; stderr is shared.
+  /// Spawns argv[0] (a path) with the rest as arguments; stderr is shared,
+  /// stdin is a pipe from this object (write_stdin()).
   explicit ChildProcess(const std::vector<std::string>& argv, InheritedFds inherited = InheritedFds::keep);
   ~ChildProcess();
   ChildProcess(const ChildProcess&) = delete;
@@ -42,6 +43,9 @@ class ChildProcess {
   std::optional<int> wait_exit(std::chrono::milliseconds timeout);
   /// SIGKILL and reap.
   void kill();
+  /// Writes `text` to the child's stdin; false if it could not (the child
+  /// exited).
+  bool write_stdin(const std::string& text);
   /// Reads stdout until a complete line containing `needle` arrives (lines
   /// already read are searched too, each line is returned once); nullopt
   /// on timeout or end of output.
@@ -50,6 +54,7 @@ class ChildProcess {
  private:
   pid_t pid_ = -1;
   int read_fd_ = -1;
+  int write_fd_ = -1;
   std::string output_;
   std::size_t scanned_ = 0;
   std::string error_;
