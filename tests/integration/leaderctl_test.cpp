@@ -210,6 +210,26 @@ TEST_F(LeaderctlTest, ResignForceDeletesTheKeyAndTheLeaderNotices) {
   EXPECT_EQ(run({"resign", "scheduler", "--force"}).code, 5);
 }
 
+TEST_F(LeaderctlTest, ResignOfATermThatEndedIsAConflictAndDeletesNothing) {
+  elect();
+  const auto token = *election_->fencing_token();
+  const std::string stale = std::to_string(token.revision + 1000);
+  const Result r = run({"resign", "scheduler", "--force", "--term", stale, "--json"});
+  EXPECT_EQ(r.code, 7) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["exit_code"], 7);
+  EXPECT_NE(r.out.find("nothing deleted"), std::string::npos) << r.out;
+  EXPECT_EQ(demotions_.load(), 0);
+  EXPECT_EQ(election_->fencing_token(), token) << "the key is untouched";
+  for (const char* bad : {"0", "-3", "x", "12x", ""}) {
+    EXPECT_EQ(run({"resign", "scheduler", "--force", "--term", bad}).code, 2) << bad;
+  }
+  EXPECT_EQ(run({"list", "--term", "3"}).code, 2) << "--term is for resign";
+  // The right term resigns it.
+  const Result ok = run({"resign", "scheduler", "--force", "--term", std::to_string(token.revision)});
+  EXPECT_EQ(ok.code, 0) << ok.out;
+  EXPECT_TRUE(eventually([&] { return demotions_.load() > 0; }, 2s, 5ms));
+}
+
 TEST_F(LeaderctlTest, ValidateAcceptsOnlyTheCurrentTerm) {
   elect();
   const auto t = *election_->fencing_token();

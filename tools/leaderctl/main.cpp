@@ -67,7 +67,8 @@ Usage:
   leaderctl [options] list                    every role: holder, term, fencing token, age, TTL left
   leaderctl [options] watch ROLE|--all [--count N]
                                               print leadership transitions live until SIGINT/SIGTERM
-  leaderctl [options] resign ROLE --force     delete the current holder's key (compare-and-delete)
+  leaderctl [options] resign ROLE --force [--term N]
+                                              delete the current holder's key (compare-and-delete)
   leaderctl [options] validate ROLE TOKEN     exit 0 if TOKEN is the role's current term
   leaderctl help [COMMAND]                    this text, or a command's
 
@@ -93,7 +94,7 @@ Exit codes:
   4  bucket missing
   5  unknown role (no such key, or nobody leads it)
   6  token mismatch (validate)
-  7  conflict (resign raced with a change of leader)
+  7  conflict (resign raced with a change of leader, or the role is not in --term N)
 
 Secrets are never printed: URLs in messages have their credentials replaced by ***.
 )TXT";
@@ -120,14 +121,16 @@ each with a local timestamp, until SIGINT or SIGTERM (exit 0):
 Renewals by the same holder are not printed. --count N exits after N printed events.
 )TXT";
 
-constexpr const char* kResignHelp = R"TXT(leaderctl resign ROLE --force [--json]
+constexpr const char* kResignHelp = R"TXT(leaderctl resign ROLE --force [--term N] [--json]
 
 Deletes ROLE's key if it still holds the term just read (compare-and-delete on the key's
 revision; retried while only renewals of the same term intervene). Another instance may then
 take the role. Requires --force: the old holder is not told; it still believes it leads until
 its next renewal fails (up to one heartbeat interval, longer if it is partitioned). Downstream
 systems must check its fencing token to reject its writes.
-Exit 5 if nobody leads ROLE, 7 if the role changed hands meanwhile.
+--term N resigns only the term N (the TERM column of list), so that a term that ended since
+you looked is left alone.
+Exit 5 if nobody leads ROLE, 7 if the role changed hands meanwhile or is not in term N.
 )TXT";
 
 constexpr const char* kValidateHelp = R"TXT(leaderctl validate ROLE TOKEN [--json]
@@ -154,6 +157,7 @@ struct Options {
   bool force = false;
   bool all = false;
   std::optional<long long> count;
+  std::optional<std::uint64_t> term;  // resign --term
   std::string user, password, token, creds, nkey, tls_ca, tls_cert, tls_key;
 };
 
@@ -217,6 +221,15 @@ Options parse_args(int argc, char** argv) {
       if (v.empty() || end == nullptr || *end != '\0' || n <= 0)
         fail(kUsage, "--count needs a positive number");
       o.count = n;
+    } else if (arg == "--term") {
+      const std::string v = value();
+      char* end = nullptr;
+      errno = 0;
+      const unsigned long long n = std::strtoull(v.c_str(), &end, 10);
+      if (v.empty() || !std::isdigit(static_cast<unsigned char>(v[0])) || *end != '\0' || errno != 0 ||
+          n == 0)
+        fail(kUsage, "--term needs a positive revision (the TERM column of list)");
+      o.term = n;
     } else if (arg == "--json") {
       flag(o.json);
     } else if (arg == "-h" || arg == "--help") {
@@ -765,6 +778,10 @@ int cmd_resign(Ctl& ctl) {
   ctl.open_bucket(/*need_kv=*/false);
   auto current = ctl.read_role(role);
   if (!current || !current->leader) fail(kUnknownRole, "nobody leads role \"" + role + "\"");
+  if (o.term && current->term != *o.term) {
+    fail(kConflict, fmt::format("role \"{}\" is in term {} of {}, not term {}; nothing deleted", role,
+                                current->term, current->holder, *o.term));
+  }
   const RoleState target = *current;
   for (int attempt = 0; attempt < 10; ++attempt) {
     std::uint64_t marker = 0;
@@ -856,6 +873,7 @@ int cmd_validate(Ctl& ctl) {
 /// whether or not a server is reachable.
 void check_usage(const Options& o) {
   if (o.count && o.command != "watch") fail(kUsage, "--count is for watch");
+  if (o.term && o.command != "resign") fail(kUsage, "--term is for resign");
   if (o.all && o.command != "watch") fail(kUsage, "--all is for watch");
   if (o.force && o.command != "resign") fail(kUsage, "--force is for resign");
   if (!valid_bucket(o.bucket)) fail(kUsage, "invalid bucket name \"" + o.bucket + "\"");
