@@ -15,6 +15,7 @@
 
 #include "leader/election.h"
 #include "leader/error.h"
+#include "leader/role_manager.h"
 #include "natsmock/mock_kv.h"
 #include "prometheus_metrics.h"
 #include "record.h"
@@ -394,6 +395,22 @@ TEST_F(MetricsElectionTest, ElectionsShareARegistryAcrossRolesAndReCreation) {
   EXPECT_EQ(counter(*t.registry, "transitions_total", {{"role", "role-x"}, {"to", "follower"}}), 1);
   EXPECT_EQ(gauge(*t.registry, "is_leader", {{"role", "role-x"}}), 1);
   EXPECT_EQ(gauge(*t.registry, "is_leader", {{"role", "role-y"}}), 0);
+}
+
+TEST_F(MetricsElectionTest, RoleManagerReportsEveryRoleUnderItsOwnLabels) {
+  Telemetry t;
+  t.registry = std::make_shared<Registry>();
+  Config defaults = fast_config("a");
+  RoleManager m(connection("a"), defaults, {}, t);
+  m.add("r1", {});
+  m.add("r2", {});
+  ASSERT_TRUE(eventually([&] { return m.leading().size() == 2; }));
+  EXPECT_EQ(gauge(*t.registry, "is_leader", {{"role", "r1"}, {"instance", "a"}}), 1);
+  EXPECT_EQ(gauge(*t.registry, "is_leader", {{"role", "r2"}, {"instance", "a"}}), 1);
+  EXPECT_TRUE(m.remove("r2"));
+  EXPECT_EQ(gauge(*t.registry, "is_leader", {{"role", "r1"}}), 1);
+  EXPECT_EQ(gauge(*t.registry, "is_leader", {{"role", "r2"}}), 0);
+  EXPECT_EQ(counter(*t.registry, "transitions_total", {{"role", "r2"}, {"to", "follower"}}), 1);
 }
 
 TEST_F(MetricsElectionTest, ANameTakenWithAnotherTypeIsAConfigError) {
