@@ -316,8 +316,9 @@ std::optional<RoleStatus> RoleManager::status(const std::string& role) const {
 
 std::vector<RoleStatus> RoleManager::status() const {
   std::vector<RoleStatus> out;
-  for (const auto& [name, driver] : impl_->all())
+  for (const auto& [name, driver] : impl_->all()) {
     out.push_back(detail::RoleManagerImpl::status_of(name, *driver));
+  }
   return out;
 }
 

@@ -136,8 +136,10 @@ std::vector<std::string> numbered_roles(const std::string& prefix, int count) {
   const int width = std::max<int>(3, static_cast<int>(std::to_string(std::max(count - 1, 0)).size()));
   std::vector<std::string> roles;
   for (int i = 0; i < count; ++i) {
-    std::string number = std::to_string(i);
-    roles.push_back(prefix + std::string(width - number.size(), '0') + number);
+    const std::string number = std::to_string(i);
+    std::string role = prefix;
+    role.append(width - number.size(), '0').append(number);
+    roles.push_back(std::move(role));
   }
   return roles;
 }

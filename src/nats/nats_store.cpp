@@ -217,8 +217,9 @@ class NatsKvStore final : public KvStore {
       return failed(op, key, gate,
                     std::string(to_string(gate)) + " (not connected to " + core_->server_url() + ")");
     }
-    if (ms_left(deadline) == 0)
+    if (ms_left(deadline) == 0) {
       return failed(op, key, KvOutcome::timeout, "timeout (no time left for the call)");
+    }
     return std::nullopt;
   }
 
@@ -232,8 +233,9 @@ class NatsKvStore final : public KvStore {
     const std::string subj = subject(key);
     natsStatus s = js_GetLastMsg(&raw, core_->js, stream_.c_str(), subj.c_str(), &jo, &jerr);
     MsgPtr msg(raw);
-    if (s != NATS_OK || !msg)
+    if (s != NATS_OK || !msg) {
       return failed("get", key, capture(s == NATS_OK ? NATS_ERR : s, static_cast<int>(jerr)));
+    }
     KvResult r;
     r.outcome = KvOutcome::ok;
     r.entry = entry_of(msg.get(), key, natsMsg_GetSequence(msg.get()), natsMsg_GetTime(msg.get()));
@@ -272,8 +274,9 @@ class NatsKvStore final : public KvStore {
     jsErrCode jerr = static_cast<jsErrCode>(0);
     s = js_PublishMsg(&raw_ack, core_->js, msg.get(), &po, &jerr);
     PubAckPtr ack(raw_ack);
-    if (s != NATS_OK || !ack)
+    if (s != NATS_OK || !ack) {
       return failed(op, key, capture(s == NATS_OK ? NATS_ERR : s, static_cast<int>(jerr)));
+    }
     KvResult r;
     r.outcome = KvOutcome::ok;
     r.revision = ack->Sequence;

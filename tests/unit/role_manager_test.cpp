@@ -27,7 +27,6 @@ namespace leader {
 namespace {
 
 using namespace std::chrono_literals;
-using detail::KvEntry;
 using detail::WatchEvent;
 using testing::eventually;
 using testing::fast_config;
@@ -36,6 +35,13 @@ std::string role_name(int i) {
   char buf[16];
   std::snprintf(buf, sizeof buf, "r%03d", i);
   return buf;
+}
+
+std::vector<std::string> role_names(int n) {
+  std::vector<std::string> out;
+  out.reserve(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) out.push_back(role_name(i));
+  return out;
 }
 
 // ---------------------------------------------------------------- Strand
@@ -228,8 +234,7 @@ std::map<std::string, int> leaders_per_role(const std::vector<const RoleManager*
 }
 
 TEST_F(RoleManagerTest, EveryRoleHasExactlyOneLeaderAcrossManagers) {
-  std::vector<std::string> roles;
-  for (int i = 0; i < 40; ++i) roles.push_back(role_name(i));
+  const std::vector<std::string> roles = role_names(40);
   RoleManager a(connection("a"), defaults("a"));
   RoleManager b(connection("b"), defaults("b"));
   for (const auto& r : roles) {
@@ -307,8 +312,7 @@ TEST_F(RoleManagerTest, RemovingARoleReleasesItAndTheOtherManagerTakesOverAtOnce
 }
 
 TEST_F(RoleManagerTest, StopReleasesEveryRole) {
-  std::vector<std::string> roles;
-  for (int i = 0; i < 20; ++i) roles.push_back(role_name(i));
+  const std::vector<std::string> roles = role_names(20);
   RoleManager a(connection("a"), defaults("a"));
   for (const auto& r : roles) a.add(r, {});
   ASSERT_TRUE(eventually([&] { return a.leading().size() == roles.size(); }));

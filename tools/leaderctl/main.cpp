@@ -218,8 +218,9 @@ Options parse_args(int argc, char** argv) {
       const std::string v = value();
       char* end = nullptr;
       const long long n = std::strtoll(v.c_str(), &end, 10);
-      if (v.empty() || end == nullptr || *end != '\0' || n <= 0)
+      if (v.empty() || end == nullptr || *end != '\0' || n <= 0) {
         fail(kUsage, "--count needs a positive number");
+      }
       o.count = n;
     } else if (arg == "--term") {
       const std::string v = value();
@@ -227,8 +228,9 @@ Options parse_args(int argc, char** argv) {
       errno = 0;
       const unsigned long long n = std::strtoull(v.c_str(), &end, 10);
       if (v.empty() || !std::isdigit(static_cast<unsigned char>(v[0])) || *end != '\0' || errno != 0 ||
-          n == 0)
+          n == 0) {
         fail(kUsage, "--term needs a positive revision (the TERM column of list)");
+      }
       o.term = n;
     } else if (arg == "--json") {
       flag(o.json);
@@ -427,8 +429,9 @@ class Ctl {
     jsStreamInfo* si = nullptr;
     jsErrCode jerr = static_cast<jsErrCode>(0);
     const natsStatus s = js_GetStreamInfo(&si, js_, stream_.c_str(), nullptr, &jerr);
-    if (s == NATS_NOT_FOUND || jerr == JSStreamNotFoundErr)
+    if (s == NATS_NOT_FOUND || jerr == JSStreamNotFoundErr) {
       fail(kBucketMissing, "bucket \"" + o_.bucket + "\" not found");
+    }
     if (s != NATS_OK || si == nullptr) {
       if (s == NATS_NO_RESPONDERS) fail(kFailure, "JetStream is not enabled on the server");
       fail(kFailure, nats_error("bucket \"" + o_.bucket + "\": stream info", s));
@@ -823,8 +826,9 @@ std::pair<std::optional<std::uint64_t>, std::uint64_t> parse_token(const std::st
   std::uint64_t revision = 0;
   if (text.find('.') != std::string::npos) {
     const auto t = leader::FencingToken::parse(text);
-    if (!t || !t->valid())
+    if (!t || !t->valid()) {
       fail(kUsage, "invalid token \"" + text + "\" (want <epoch>.<revision> or a revision)");
+    }
     epoch = t->epoch;
     revision = t->revision;
   } else {
@@ -834,8 +838,9 @@ std::pair<std::optional<std::uint64_t>, std::uint64_t> parse_token(const std::st
     char* end = nullptr;
     errno = 0;
     const unsigned long long v = digits ? std::strtoull(text.c_str(), &end, 10) : 0;
-    if (!digits || errno != 0 || v == 0)
+    if (!digits || errno != 0 || v == 0) {
       fail(kUsage, "invalid token \"" + text + "\" (want <epoch>.<revision> or a revision)");
+    }
     revision = v;
   }
   return {epoch, revision};
