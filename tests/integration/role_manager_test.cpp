@@ -82,9 +82,8 @@ struct Candidate {
 };
 
 std::string role_name(int i) {
-  char buf[16];
-  std::snprintf(buf, sizeof buf, "role-%03d", i);
-  return buf;
+  const std::string n = std::to_string(i);
+  return "role-" + std::string(n.size() < 3 ? 3 - n.size() : 0, '0') + n;  // role-000, role-001, ...
 }
 
 class RoleManagerProcessTest : public ::testing::Test {

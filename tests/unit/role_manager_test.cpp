@@ -32,9 +32,8 @@ using testing::eventually;
 using testing::fast_config;
 
 std::string role_name(int i) {
-  char buf[16];
-  std::snprintf(buf, sizeof buf, "r%03d", i);
-  return buf;
+  const std::string n = std::to_string(i);
+  return "r" + std::string(n.size() < 3 ? 3 - n.size() : 0, '0') + n;  // r000, r001, ...
 }
 
 std::vector<std::string> role_names(int n) {
