@@ -102,8 +102,8 @@ TEST(ConfigTest, ParsesDurations) {
 }
 
 TEST(ConfigTest, RejectsBadDurationsNamingTheField) {
-  for (const char* bad :
-       {"", "s", "3", "00x", "3x", "-1s", "1.5s", "99999999999999999999s", "9223372036854775807h", " 3s", "3s "}) {
+  for (const char* bad : {"", "s", "3", "00x", "3x", "-1s", "1.5s", "99999999999999999999s",
+                          "9223372036854775807h", " 3s", "3s "}) {
     try {
       parse_duration(bad, "ttl");
       FAIL() << "accepted " << bad;
