@@ -285,11 +285,7 @@ void ElectionDriver::notify(const Notify& n) {
 }
 
 void ElectionDriver::refresh_bucket() {
-  BucketSpec spec;
-  spec.name = config_.bucket;
-  spec.ttl = config_.ttl;
-  spec.storage = config_.storage;
-  spec.replicas = config_.replicas;
+  const BucketSpec spec = bucket_spec(config_);
   runtime_->io().post([weak = weak_from_this(), runtime = std::weak_ptr<Runtime>(runtime_),
                        backend = connection_->backend(), spec, timeout = Duration(config_.call_timeout)] {
     OpenResult opened = backend->open_bucket(spec, timeout);
@@ -335,12 +331,17 @@ void ElectionDriver::run_health_check(std::uint64_t id) {
   });
 }
 
-OpenResult open_bucket_or_throw(const Connection& connection, const Config& config) {
+BucketSpec bucket_spec(const Config& config) {
   BucketSpec spec;
   spec.name = config.bucket;
   spec.ttl = config.ttl;
   spec.storage = config.storage;
   spec.replicas = config.replicas;
+  return spec;
+}
+
+OpenResult open_bucket_or_throw(const Connection& connection, const Config& config) {
+  const BucketSpec spec = bucket_spec(config);
   auto promise = std::make_shared<std::promise<OpenResult>>();
   std::future<OpenResult> future = promise->get_future();
   connection.runtime()->io().post([backend = connection.backend(), spec,

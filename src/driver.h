@@ -126,6 +126,9 @@ class ElectionDriver : public std::enable_shared_from_this<ElectionDriver> {
   std::uint64_t finished_count_ = 0;
 };
 
+/// The bucket `config` asks for.
+BucketSpec bucket_spec(const Config& config);
+
 /// Opens the config's bucket through the connection's I/O pool, bounded by
 /// start_timeout. Throws leader::Error.
 OpenResult open_bucket_or_throw(const Connection& connection, const Config& config);

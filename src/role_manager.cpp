@@ -180,11 +180,7 @@ class RoleManagerImpl {
   // with a ConfigError (one manager keeps one spec per bucket).
   Bucket& open(const Config& config) {
     std::lock_guard<std::mutex> lock(open_mu_);
-    BucketSpec spec;
-    spec.name = config.bucket;
-    spec.ttl = config.ttl;
-    spec.storage = config.storage;
-    spec.replicas = config.replicas;
+    const BucketSpec spec = bucket_spec(config);
     auto it = buckets_.find(spec.name);
     if (it != buckets_.end()) {
       const BucketSpec& have = it->second.spec;
