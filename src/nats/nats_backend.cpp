@@ -279,12 +279,19 @@ void Deferred::shutdown() noexcept {
   }
   state_->cv.notify_all();
   dropped.clear();  // outside the lock: closures may hold the last reference of a watch
-  std::lock_guard<std::mutex> lock(start_mu_);
-  if (!thread_.joinable()) return;
-  if (thread_.get_id() == std::this_thread::get_id()) {
-    thread_.detach();  // the loop only touches its own State, which it co-owns
+  std::thread thread;
+  {
+    // Taken out under the lock, joined outside it: a running task may
+    // post(), which takes this lock too.
+    std::lock_guard<std::mutex> lock(start_mu_);
+    stopped_ = true;
+    thread = std::move(thread_);
+  }
+  if (!thread.joinable()) return;
+  if (thread.get_id() == std::this_thread::get_id()) {
+    thread.detach();  // the loop only touches its own State, which it co-owns
   } else {
-    thread_.join();
+    thread.join();
   }
 }
 
@@ -297,7 +304,7 @@ void Deferred::post(std::function<void()> task, Duration delay) {
   }
   state_->cv.notify_one();
   std::lock_guard<std::mutex> lock(start_mu_);
-  if (!thread_.joinable()) thread_ = std::thread(&Deferred::run, state_);
+  if (!stopped_ && !thread_.joinable()) thread_ = std::thread(&Deferred::run, state_);
 }
 
 void Deferred::run(const std::shared_ptr<State>& state) {
@@ -330,8 +337,74 @@ void Deferred::run(const std::shared_ptr<State>& state) {
 
 Core::~Core() {
   deferred.shutdown();  // its tasks use the handles below
+  std::vector<natsSubscription*> left;
+  {
+    std::lock_guard<std::mutex> lock(retired_mu_);
+    left.swap(retired_);
+  }
+  // An adopted connection may still be up, its reader running: free only
+  // what it has provably passed (while `js` still keeps `nc` valid).
+  bool reader_done = owns_connection || nc == nullptr || natsConnection_IsClosed(nc);
+  if (!reader_done && !left.empty()) reader_done = unsubscribe_and_flush(left);
   if (js != nullptr) jsCtx_Destroy(js);
+  // Closing joins the reader (an owned connection was closed by its
+  // backend already). A subscription holds a reference on its connection.
   if (nc != nullptr && owns_connection) natsConnection_Destroy(nc);
+  if (reader_done) {
+    for (natsSubscription* sub : left) natsSubscription_Destroy(sub);
+  }
+  // Otherwise they stay allocated: the application's reader may be inside
+  // one, and nothing can tell when it is not.
+}
+
+void Core::retire(natsSubscription* sub) {
+  if (sub == nullptr) return;
+  bool post = false;
+  {
+    std::lock_guard<std::mutex> lock(retired_mu_);
+    retired_.push_back(sub);
+    post = !std::exchange(reap_posted_, true);
+  }
+  if (post) deferred.post([this] { reap(); });
+}
+
+void Core::reap() {
+  // Runs on the Deferred thread, which ~Core stops before anything else.
+  std::vector<natsSubscription*> batch;
+  {
+    std::lock_guard<std::mutex> lock(retired_mu_);
+    batch.swap(retired_);
+  }
+  const bool done = natsConnection_IsClosed(nc) || unsubscribe_and_flush(batch);
+  if (done) {
+    for (natsSubscription* sub : batch) natsSubscription_Destroy(sub);
+    batch.clear();
+  }
+  std::lock_guard<std::mutex> lock(retired_mu_);
+  retired_.insert(retired_.end(), batch.begin(), batch.end());
+  if (retired_.empty()) {
+    reap_posted_ = false;
+    return;
+  }
+  // Down (retry in a second), or more were retired meanwhile (now).
+  deferred.post([this] { reap(); },
+                done ? Deferred::Duration::zero() : Deferred::Duration(std::chrono::seconds(1)));
+}
+
+bool Core::unsubscribe_and_flush(const std::vector<natsSubscription*>& subs) {
+  if (gate() != KvOutcome::ok) return false;
+  for (natsSubscription* sub : subs) {
+    // At or below the count already delivered, an auto-unsubscribe removes
+    // the subscription from the connection at once and sends UNSUB,
+    // without deleting the consumer. One that never delivered a message
+    // stays until its Destroy (the narrow window nats.c 3.4.1 leaves).
+    std::int64_t delivered = 0;
+    if (natsSubscription_IsValid(sub) && natsSubscription_GetDelivered(sub, &delivered) == NATS_OK &&
+        delivered > 0) {
+      natsSubscription_AutoUnsubscribe(sub, 1);
+    }
+  }
+  return natsConnection_FlushTimeout(nc, 1000) == NATS_OK;
 }
 
 KvOutcome Core::gate() const noexcept {

@@ -50,7 +50,8 @@ struct JsCtxDeleter {
 struct SubscriptionDeleter {
   // Unsubscribes (one UNSUB, no round trip) but leaves the ephemeral
   // consumer to the server's inactivity cleanup: deleting it would be a
-  // blocking request in a destructor.
+  // blocking request in a destructor. Only for subscriptions that never
+  // received a message; a watch's subscription goes through Core::retire.
   void operator()(natsSubscription* p) const noexcept { natsSubscription_Destroy(p); }
 };
 
@@ -198,8 +199,9 @@ class Deferred {
   static void run(const std::shared_ptr<State>& state);
 
   std::shared_ptr<State> state_ = std::make_shared<State>();
-  std::mutex start_mu_;
+  std::mutex start_mu_;  // guards thread_ and stopped_
   std::thread thread_;
+  bool stopped_ = false;
 };
 
 /// The nats.c connection and JetStream context shared by the backend, its
@@ -227,6 +229,29 @@ struct Core {
   /// The URL connected to, or the configured URL(s), credentials redacted
   /// (for messages).
   std::string server_url() const;
+
+  /// Takes the subscription of a watch that ended and frees it once the
+  /// client's reader can no longer be inside it. nats.c 3.4.1 looks an
+  /// inbound message's subscription up and then locks it without holding a
+  /// reference (nats.c issue 637, fixed in 3.6.0): destroying it in that
+  /// window makes the reader lock freed memory. So the Deferred thread
+  /// removes it from the connection (an auto-unsubscribe at the count it
+  /// already delivered: no consumer deletion, which has a use-after-free of
+  /// its own in nats.c), then flushes: the reader parses in order, so after
+  /// the PONG it is past every message it could have been handing over, and
+  /// the subscription is destroyed. While the connection is down it retries
+  /// every second; ~Core frees what is left once the reader has stopped.
+  void retire(natsSubscription* sub);
+
+ private:
+  void reap();
+  /// Removes every retired subscription from the connection and waits for
+  /// the reader to pass them; false if the flush failed (connection down).
+  bool unsubscribe_and_flush(const std::vector<natsSubscription*>& subs);
+
+  std::mutex retired_mu_;
+  std::vector<natsSubscription*> retired_;
+  bool reap_posted_ = false;
 };
 
 /// State shared by a watch and the nats.c callbacks of its subscription.

@@ -100,7 +100,7 @@ class NatsWatch final : public Watch {
   ~NatsWatch() override {
     watch_->stop();
     core_->events->remove_watch(id_);
-    sub_.reset();
+    core_->retire(sub_.release());  // never destroyed while the reader may be inside it
   }
 
  private:
@@ -380,7 +380,7 @@ class NatsKvStore final : public KvStore {
       const auto f = capture(s == NATS_OK ? NATS_ERR : s, static_cast<int>(jerr));
       core->stop();
       core_->events->remove_watch(id);
-      sub.reset();
+      core_->retire(sub.release());
       auto r = failed("watch", key, f);
       r.message += " (reading the watch's consumer info)";
       return fail(std::move(r));

@@ -785,6 +785,58 @@ TEST_F(NatsKvTest, StateListenerSeesDisconnectedThenConnected) {
   EXPECT_EQ(seen.size(), count);
 }
 
+// nats.c 3.4.1 looks up an inbound message's subscription and then locks it
+// without a reference (nats.c issue 637): a subscription destroyed in that
+// window made the reader lock freed memory (SEGV or heap corruption within a
+// few hundred rounds). Watches hand their subscription to Core::retire
+// instead, which frees it only once the reader is past it.
+TEST_F(NatsKvTest, AWatchDestroyedWhileItsMessagesArriveDoesNotCrashTheReader) {
+  natsConnection* raw_nc = nullptr;
+  ASSERT_EQ(natsConnection_ConnectTo(&raw_nc, server_->url().c_str()), NATS_OK);
+  std::unique_ptr<natsConnection, void (*)(natsConnection*)> publisher(raw_nc, &natsConnection_Destroy);
+  const std::string subject = "$KV." + bucket_ + ".burst";
+  constexpr int kRounds = 300;
+  constexpr int kBurst = 200;
+  for (int round = 0; round < kRounds; ++round) {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool live = false;
+    bool replayed = false;
+    KvResult err;
+    auto watch = store_->watch(
+        "burst",
+        [&](const WatchEvent& e) {
+          std::lock_guard<std::mutex> lock(mu);
+          if (e.kind == WatchEvent::Kind::replay_done) replayed = true;
+          if (e.kind == WatchEvent::Kind::entry && replayed) live = true;
+          cv.notify_all();
+        },
+        &err);
+    ASSERT_NE(watch, nullptr) << "round " << round << ": " << err.message;
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      ASSERT_TRUE(cv.wait_for(lock, 5s, [&] { return replayed; })) << "round " << round;
+    }
+    std::thread burst([&] {
+      for (int i = 0; i < kBurst; ++i) natsConnection_PublishString(publisher.get(), subject.c_str(), "x");
+      natsConnection_FlushTimeout(publisher.get(), 5000);
+    });
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait_for(lock, 5s, [&] { return live; });
+    }
+    watch.reset();  // while the rest of the burst arrives
+    burst.join();
+  }
+  // The connection and its reader survived: calls and new watches work.
+  EXPECT_EQ(store_->get("burst", kCall).outcome, KvOutcome::ok);
+  Recorder after;
+  KvResult err;
+  auto watch = store_->watch("burst", after.handler(), &err);
+  ASSERT_NE(watch, nullptr) << err.message;
+  EXPECT_TRUE(after.wait_for_kind(WatchEvent::Kind::replay_done));
+}
+
 TEST_F(NatsKvTest, WatchReportsErrorAfterReconnectAndCanBeRecreated) {
   const auto rev = must_create("role", "alice");
   Recorder rec;
