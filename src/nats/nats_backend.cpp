@@ -392,7 +392,10 @@ void Core::reap() {
 }
 
 bool Core::unsubscribe_and_flush(const std::vector<natsSubscription*>& subs) {
-  if (gate() != KvOutcome::ok) return false;
+  // The connection's own state, not gate(): an adopted connection the
+  // library has closed for itself is still the application's, up, and its
+  // reader still runs past these subscriptions.
+  if (natsConnection_Status(nc) != NATS_CONN_STATUS_CONNECTED) return false;
   for (natsSubscription* sub : subs) {
     // At or below the count already delivered, an auto-unsubscribe removes
     // the subscription from the connection at once and sends UNSUB,
