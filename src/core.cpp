@@ -10,6 +10,7 @@ namespace {
 
 constexpr std::size_t kMaxRemembered = 32;
 constexpr int kMaxEraseAttempts = 3;
+constexpr int kMaxConflictsWithoutHolder = 16;
 
 // For cores built without a logger (tests): no sinks, nothing formatted.
 std::shared_ptr<spdlog::logger> silent_logger() {
@@ -47,6 +48,9 @@ ElectionCore::ElectionCore(Config config, std::uint64_t seed, std::shared_ptr<sp
     : cfg_(std::move(config)),
       rng_(seed),
       log_(logger ? std::move(logger) : silent_logger()),
+      disconnect_grace_(cfg_.storage == Storage::memory && cfg_.replicas == 1
+                            ? Duration(0)
+                            : Duration(cfg_.disconnect_grace)),
       request_key_("_leader.handover." + cfg_.role) {}
 
 ElectionCore::~ElectionCore() = default;
@@ -157,7 +161,7 @@ void ElectionCore::ensure_progress(TimePoint now) {
   // Without it an answer that turned out stale could leave it waiting for
   // an event that never comes.
   if (!running_ || stopping_ || lease_ || create_op_ || acquire_at_ || demote_pending_ ||
-      pending_promotion_ || state_ == ElectionState::releasing) {
+      pending_promotion_ || confirming_ || state_ == ElectionState::releasing) {
     return;
   }
   if (known_ && known_->op == EntryOp::put) {
@@ -231,6 +235,10 @@ void ElectionCore::on_kv_result(OpId id, const KvResult& result, TimePoint now) 
     case Purpose::request_read:
       on_request_read(result, now);
       return;
+    case Purpose::confirm:
+      on_confirm_result(op, result, now);
+      maybe_finish(now);
+      return;
     case Purpose::normal:
       break;
   }
@@ -281,7 +289,12 @@ void ElectionCore::on_connection(ConnectionState state, TimePoint now) {
   log_->info("{} connection {}", who(), leader::to_string(state));
   if (state != ConnectionState::connected) {
     if (lease_ && !grace_deadline_) {
-      grace_deadline_ = now + cfg_.disconnect_grace;
+      grace_deadline_ = now + disconnect_grace_;
+      if (disconnect_grace_.count() == 0) {
+        // Memory storage, one replica: a restarted server has lost the key.
+        demote(DemoteReason::disconnected, /*release=*/false, now);
+        return;
+      }
       log_->warn("{} disconnected: keeping the role for at most {} ms", who(),
                  std::chrono::duration_cast<std::chrono::milliseconds>(lease_deadline() - now).count());
     }
@@ -435,7 +448,8 @@ void ElectionCore::on_create_result(const PendingOp& op, const KvResult& r, Time
       // (and maybe already ended: its release was decided then).
       if ((lease_ && lease_->nonce == op.nonce) || is_ended(op.nonce)) return;
       if (pending_promotion_ && pending_promotion_->nonce == op.nonce) return;
-      breaker_failures_ = 0;
+      if (confirming_ && confirming_->nonce == op.nonce) return;
+      breaker_failures_ = conflicts_without_holder_ = 0;
       const bool fresh = op.sent + cfg_.ttl - cfg_.safety_margin > now;
       const std::uint64_t prior = newest_rev_;
       if (r.revision > newest_rev_) {
@@ -454,9 +468,19 @@ void ElectionCore::on_create_result(const PendingOp& op, const KvResult& r, Time
     }
     case KvOutcome::conflict:
       unresolved_creates_.erase(op.nonce);
+      if (!op.timed_out) metrics_->acquire_attempt("held");
+      // A conflict means someone holds the key, so it is not a failure,
+      // unless no holder ever shows (reads find the key absent): then the
+      // server's answers are wrong, and only the breaker stops a storm.
+      if (++conflicts_without_holder_ >= kMaxConflictsWithoutHolder) {
+        breaker_failures_ = std::max(breaker_failures_, cfg_.breaker_threshold - 1);
+        count_acquire_failure(now, fmt::format("{} creates in a row answered \"conflict\" but no holder "
+                                               "of the key was seen",
+                                               conflicts_without_holder_));
+        return;
+      }
       acquire_failures_ = 0;
       breaker_failures_ = 0;
-      if (!op.timed_out) metrics_->acquire_attempt("held");
       if (r.entry) {
         observe(*r.entry, now, op.sent);
       } else {
@@ -475,9 +499,10 @@ void ElectionCore::on_create_result(const PendingOp& op, const KvResult& r, Time
       if (!op.timed_out) metrics_->acquire_attempt("unknown");
       break;
   }
-  if (r.outcome == KvOutcome::not_found) {
-    // The bucket's stream is gone (deleted?): re-open it, which re-creates
-    // it or says why it cannot.
+  if (r.outcome == KvOutcome::not_found || r.outcome == KvOutcome::no_responders) {
+    // The bucket's stream is gone (deleted, or lost by a memory-storage
+    // server's restart: then nothing listens on its subjects), or has no
+    // leader right now: re-open it, which re-creates it or says why not.
     request_refresh();
   } else if (r.outcome == KvOutcome::permission_denied || r.outcome == KvOutcome::other ||
              r.outcome == KvOutcome::closed) {
@@ -485,11 +510,42 @@ void ElectionCore::on_create_result(const PendingOp& op, const KvResult& r, Time
           fmt::format("acquire of key \"{}\" in bucket \"{}\" failed: {}", cfg_.role, cfg_.bucket,
                       r.message.empty() ? to_string(r.outcome) : r.message));
   }
-  if (op.timed_out || !running_ || lease_) return;
-  count_acquire_failure(now, r.message.empty() ? to_string(r.outcome) : r.message);
+  if (!running_ || lease_) return;
+  if (op.timed_out) {
+    // Its timeout was counted already. A late "permission denied" still
+    // says that retrying cannot help: without this, every create that
+    // outlives call_timeout would only back off, and they would storm.
+    if (r.outcome == KvOutcome::permission_denied) {
+      open_breaker(now, r.message.empty() ? to_string(r.outcome) : r.message, to_error_code(r.outcome));
+    }
+    return;
+  }
+  if (r.outcome == KvOutcome::no_responders) {
+    // Nobody serves the stream at the moment (a stream-leader election, a
+    // restart): it ends by itself and the next create is the probe that
+    // notices, so back off without counting towards the breaker.
+    acquire_at_ = now + backoff(++acquire_failures_);
+    return;
+  }
+  if (r.outcome == KvOutcome::permission_denied) {
+    // Retrying cannot help until an operator changes the permissions: open
+    // the breaker now, one probe per breaker_open.
+    ++acquire_failures_;
+    open_breaker(now, r.message.empty() ? to_string(r.outcome) : r.message, to_error_code(r.outcome));
+    return;
+  }
+  count_acquire_failure(now, r.message.empty() ? to_string(r.outcome) : r.message, to_error_code(r.outcome));
 }
 
-void ElectionCore::count_acquire_failure(TimePoint now, const std::string& what) {
+void ElectionCore::open_breaker(TimePoint now, const std::string& why, std::error_code code) {
+  if (!acquire_at_ || *acquire_at_ < now + cfg_.breaker_open) acquire_at_ = now + cfg_.breaker_open;
+  if (breaker_failures_ >= cfg_.breaker_threshold) return;  // open already, and reported
+  breaker_failures_ = cfg_.breaker_threshold;
+  error(code, fmt::format("campaign for key \"{}\" in bucket \"{}\" paused for {} ms: {}", cfg_.role,
+                          cfg_.bucket, cfg_.breaker_open.count(), why));
+}
+
+void ElectionCore::count_acquire_failure(TimePoint now, const std::string& what, std::error_code code) {
   ++acquire_failures_;
   ++breaker_failures_;
   if (breaker_failures_ < cfg_.breaker_threshold) {
@@ -500,7 +556,7 @@ void ElectionCore::count_acquire_failure(TimePoint now, const std::string& what)
   // (half-open); it closes on an answer, or opens again on a failure.
   acquire_at_ = now + cfg_.breaker_open;
   if (breaker_failures_ == cfg_.breaker_threshold) {
-    error(make_error_code(Errc::other),
+    error(code,
           fmt::format("campaign for key \"{}\" in bucket \"{}\" paused for {} ms after {} failed attempts "
                       "in a row (last: {})",
                       cfg_.role, cfg_.bucket, cfg_.breaker_open.count(), breaker_failures_, what));
@@ -547,7 +603,7 @@ void ElectionCore::on_renew_result(const PendingOp& op, const KvResult& r, TimeP
     send_read(now);
     return;
   }
-  if (r.outcome == KvOutcome::not_found) request_refresh();
+  if (r.outcome == KvOutcome::not_found || r.outcome == KvOutcome::no_responders) request_refresh();
   if (r.outcome == KvOutcome::permission_denied || r.outcome == KvOutcome::other) {
     error(to_error_code(r.outcome),
           fmt::format("renewal of key \"{}\" in bucket \"{}\" failed: {}", cfg_.role, cfg_.bucket,
@@ -626,6 +682,10 @@ void ElectionCore::on_erase_result(const PendingOp& op, const KvResult& r, TimeP
 
 void ElectionCore::on_op_timeout(OpId /*id*/, PendingOp& op, TimePoint now) {
   op.timed_out = true;
+  if (op.purpose == Purpose::confirm) {
+    if (confirming_ && confirming_->nonce == op.nonce) abandon_confirmation("the read timed out", now);
+    return;
+  }
   KvResult timeout;
   timeout.outcome = KvOutcome::timeout;
   timeout.message = "no answer within the call deadline";
@@ -679,6 +739,18 @@ void ElectionCore::on_op_timeout(OpId /*id*/, PendingOp& op, TimePoint now) {
 
 void ElectionCore::observe(const KvEntry& entry, TimePoint now, std::optional<TimePoint> read_sent) {
   const std::uint64_t prior = newest_rev_;
+  if (entry.revision < newest_rev_ && read_sent && *read_sent > newest_rev_at_ && lease_ &&
+      cfg_.replicas > 1 && entry.op == EntryOp::put && entry.revision == lease_->revision) {
+    // Replicas of a replicated stream may number a message differently
+    // from its leader around a leader change, and the watch can show their
+    // numbering. A leader-routed read of our own last acknowledged write is
+    // the truth: adopt its revision. A lower one is still a lost write.
+    const auto record = decode_record(entry.value);
+    if (record && record->nonce == lease_->nonce) {
+      newest_rev_ = entry.revision;
+      newest_rev_at_ = now;
+    }
+  }
   if (entry.revision < newest_rev_) {
     // Older than what we know. A leader-routed read sent after we learned
     // the newer revision cannot be stale: the revisions went backwards
@@ -721,8 +793,12 @@ void ElectionCore::observe(const KvEntry& entry, TimePoint now, std::optional<Ti
   const std::optional<Record> record = decode_record(entry.value);
   const bool mine = record && record->holder == cfg_.instance_id;
   if (mine && pending_promotion_ && record->nonce == pending_promotion_->nonce) return;  // epoch on the way
+  if (mine && confirming_ && record->nonce == confirming_->nonce) return;                // being read back
   if (lease_) {
     if (mine && record->nonce == lease_->nonce) {
+      // On a replicated bucket only the stream leader's numbering (acks,
+      // leader-routed reads) may move the revision our renewals expect.
+      if (cfg_.replicas > 1 && !read_sent) return;
       lease_->revision = std::max(lease_->revision, entry.revision);
       if (known_ && known_->mine) known_->revision = std::max(known_->revision, entry.revision);
       return;
@@ -774,6 +850,7 @@ void ElectionCore::observe_absent(TimePoint now, TimePoint read_sent) {
 }
 
 void ElectionCore::follow(const KvEntry& entry, const std::optional<Record>& record, TimePoint now) {
+  conflicts_without_holder_ = 0;  // a holder: the conflicts were real
   LeaderInfo info;
   if (record) {
     info.instance_id = record->holder;
@@ -854,7 +931,7 @@ void ElectionCore::become_leader(std::uint64_t revision, const std::string& nonc
   l.epoch = epoch_;
   lease_ = l;
   next_validation_at_ = now + cfg_.validation_interval;
-  if (connection_ != ConnectionState::connected) grace_deadline_ = now + cfg_.disconnect_grace;
+  if (connection_ != ConnectionState::connected) grace_deadline_ = now + disconnect_grace_;
   if (revision > newest_rev_) {
     newest_rev_ = revision;
     newest_rev_at_ = now;
@@ -938,7 +1015,8 @@ void ElectionCore::campaign_now(TimePoint now, bool with_jitter) {
 
 void ElectionCore::maybe_finish(TimePoint now) {
   if (!running_ || !stopping_) return;
-  if (now >= stop_deadline_ || (!demote_pending_ && release_queue_.empty() && !erase_op_ && !create_op_)) {
+  if (now >= stop_deadline_ ||
+      (!demote_pending_ && release_queue_.empty() && !erase_op_ && !create_op_ && !confirming_)) {
     finish(now);
   }
 }
@@ -960,6 +1038,7 @@ void ElectionCore::finish(TimePoint now) {
   create_op_.reset();
   read_op_.reset();
   erase_op_.reset();
+  confirming_.reset();
   log_->info("{} stopped", who());
   actions_.emplace_back(Finished{});
 }
@@ -970,8 +1049,8 @@ void ElectionCore::set_state(ElectionState s) { state_ = s; }
 
 bool ElectionCore::can_campaign(TimePoint now) const {
   return running_ && !stopping_ && !lease_ && !demote_pending_ && !observe_only_ && healthy_ &&
-         !pending_promotion_ && state_ != ElectionState::releasing && state_ != ElectionState::cooling_down &&
-         now >= cooldown_until_;
+         !pending_promotion_ && !confirming_ && state_ != ElectionState::releasing &&
+         state_ != ElectionState::cooling_down && now >= cooldown_until_;
 }
 
 Duration ElectionCore::backoff(int failures) {
@@ -1083,6 +1162,65 @@ TimePoint ElectionCore::lease_deadline() const noexcept {
 
 void ElectionCore::try_promote(std::uint64_t revision, const std::string& nonce, TimePoint sent,
                                TimePoint now, std::uint64_t prior_revision) {
+  if (cfg_.replicas > 1) {
+    Confirming c;
+    c.revision = revision;
+    c.nonce = nonce;
+    c.sent = sent;
+    c.prior_revision = prior_revision;
+    // Bounded by the lease: a confirmation later than that is worthless.
+    c.op = send_on({}, Purpose::confirm, OpKind::get, {}, std::nullopt, nonce, now,
+                   std::min(now + cfg_.call_timeout, sent + cfg_.ttl - cfg_.safety_margin));
+    confirming_ = c;
+    return;
+  }
+  promote_with_epoch(revision, nonce, sent, now, prior_revision);
+}
+
+void ElectionCore::on_confirm_result(const PendingOp& op, const KvResult& r, TimePoint now) {
+  if (!confirming_ || confirming_->nonce != op.nonce || op.timed_out) return;
+  Confirming c = *confirming_;
+  // Ours if it is the key's latest message; its revision as the stream
+  // leader numbers it (a watch event may have shown a replica's number).
+  const bool latest = r.ok() && r.entry && r.entry->op == EntryOp::put && [&] {
+    const auto record = decode_record(r.entry->value);
+    return record && record->nonce == c.nonce;
+  }();
+  if (latest) c.revision = r.entry->revision;
+  if (!latest) {
+    abandon_confirmation(r.ok() && r.entry
+                             ? fmt::format("the key's latest message is revision {}", r.entry->revision)
+                             : fmt::format("the read answered {}", to_string(r.outcome)),
+                         now);
+    // Learn who holds it instead (a leader-routed read).
+    if (r.ok() && r.entry) observe(*r.entry, now, op.sent);
+    return;
+  }
+  confirming_.reset();
+  if (!(c.sent + cfg_.ttl - cfg_.safety_margin > now && can_campaign(now))) {
+    remember_ended(c.nonce);
+    queue_release(c.nonce, c.revision, now);
+    return;
+  }
+  promote_with_epoch(c.revision, c.nonce, c.sent, now, c.prior_revision);
+}
+
+void ElectionCore::abandon_confirmation(const std::string& why, TimePoint now) {
+  const Confirming c = *confirming_;
+  confirming_.reset();
+  log_->warn(
+      "{} create of revision {} was acknowledged but not confirmed by the stream leader ({}): not "
+      "leading",
+      who(), c.revision, why);
+  remember_ended(c.nonce);
+  // A compare-and-delete of our revision: a no-op conflict unless the key
+  // is ours after all.
+  queue_release(c.nonce, c.revision, now);
+  if (running_ && !lease_ && !acquire_at_ && !create_op_) acquire_at_ = now + backoff(++acquire_failures_);
+}
+
+void ElectionCore::promote_with_epoch(std::uint64_t revision, const std::string& nonce, TimePoint sent,
+                                      TimePoint now, std::uint64_t prior_revision) {
   // A revision that does not extend what we saw of the key may come from a
   // re-created bucket (revisions restart at 1): learn the bucket's epoch
   // before handing out a token, so tokens never go backwards.

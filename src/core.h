@@ -150,6 +150,13 @@ class ElectionCore {
     std::string nonce;
     TimePoint sent{};
   };
+  struct Confirming {  // a won create on a replicated bucket, being read back
+    std::uint64_t revision = 0;
+    std::string nonce;
+    TimePoint sent{};
+    std::uint64_t prior_revision = 0;
+    OpId op = 0;
+  };
   struct Known {  // newest message of the key we have seen
     std::uint64_t revision = 0;
     EntryOp op = EntryOp::put;
@@ -158,7 +165,7 @@ class ElectionCore {
     TimePoint first_seen{};
   };
   // What an op is for, when it is not the plain acquire/renew/read.
-  enum class Purpose { normal, release, request, request_read };
+  enum class Purpose { normal, release, request, request_read, confirm };
   struct PendingOp {
     Purpose purpose = Purpose::normal;
     OpKind kind = OpKind::get;
@@ -193,6 +200,8 @@ class ElectionCore {
   void on_renew_result(const PendingOp& op, const KvResult& r, TimePoint now);
   void on_read_result(const PendingOp& op, const KvResult& r, TimePoint now);
   void on_erase_result(const PendingOp& op, const KvResult& r, TimePoint now);
+  void on_confirm_result(const PendingOp& op, const KvResult& r, TimePoint now);
+  void abandon_confirmation(const std::string& why, TimePoint now);
   void on_op_timeout(OpId id, PendingOp& op, TimePoint now);
 
   // Knowledge.
@@ -205,10 +214,16 @@ class ElectionCore {
   // Transitions.
   void try_promote(std::uint64_t revision, const std::string& nonce, TimePoint sent, TimePoint now,
                    std::uint64_t prior_revision);
+  void promote_with_epoch(std::uint64_t revision, const std::string& nonce, TimePoint sent, TimePoint now,
+                          std::uint64_t prior_revision);
   void become_leader(std::uint64_t revision, const std::string& nonce, TimePoint sent, TimePoint now);
   void request_refresh();
   void health_result(bool healthy, TimePoint now);
-  void count_acquire_failure(TimePoint now, const std::string& what);
+  /// `code`: what the breaker's error reports when this failure opens it.
+  void count_acquire_failure(TimePoint now, const std::string& what,
+                             std::error_code code = make_error_code(Errc::other));
+  /// Opens the breaker at once: an answer that retrying cannot change.
+  void open_breaker(TimePoint now, const std::string& why, std::error_code code);
   void demote(DemoteReason reason, bool release, TimePoint now);
   void after_release(TimePoint now);
   void maybe_finish(TimePoint now);
@@ -287,8 +302,16 @@ class ElectionCore {
   std::uint64_t epoch_ = 0;
   bool refresh_pending_ = false;
   std::optional<PendingPromotion> pending_promotion_;
+  // Replicated buckets (nats-server issue 8469: the expected-last-sequence
+  // check is not authoritative across a stream-leader change, so two
+  // creates of one key can both be acknowledged): a won create leads only
+  // once a leader-routed read shows it as the key's latest message.
+  std::optional<Confirming> confirming_;
 
-  // Disconnect grace and validation.
+  // Disconnect grace and validation. With memory storage on one replica a
+  // server restart loses the bucket at once and another candidate can lead
+  // within milliseconds, so no grace: the role ends with the connection.
+  Duration disconnect_grace_{0};
   std::optional<TimePoint> grace_deadline_;
   TimePoint next_validation_at_{};
 
@@ -302,6 +325,7 @@ class ElectionCore {
 
   // Circuit breaker over acquire attempts.
   int breaker_failures_ = 0;
+  int conflicts_without_holder_ = 0;  // creates answered "conflict" since a holder was last seen
 
   bool observe_only_ = false;
 
