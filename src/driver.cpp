@@ -175,25 +175,40 @@ void ElectionDriver::run_call(const KvCall& call) {
     deliver(std::move(r));
     return;
   }
-  runtime_->io().post(
-      [store = store_, key = call.key.empty() ? config_.role : call.key, call, deliver = std::move(deliver)] {
-        KvResult r;
-        switch (call.kind) {
-          case OpKind::get:
-            r = store->get(key, call.timeout);
-            break;
-          case OpKind::create:
-            r = store->create(key, call.value, call.expected, call.timeout);
-            break;
-          case OpKind::update:
-            r = store->update(key, call.value, call.expected.value_or(0), call.timeout);
-            break;
-          case OpKind::erase:
-            r = store->erase(key, call.expected.value_or(0), call.timeout);
-            break;
-        }
-        deliver(std::move(r));
-      });
+  // The call's timeout runs from now, when the core sent it, not from when
+  // an I/O thread is free: with every thread busy (thousands of roles, or
+  // hung calls) a call could otherwise be sent long after the core counted
+  // it as timed out, and a renewal or create land stale.
+  runtime_->io().post([store = store_, key = call.key.empty() ? config_.role : call.key, call,
+                       queued = SteadyClock::now(), deliver = std::move(deliver)] {
+    const Duration waited = SteadyClock::now() - queued;
+    KvResult r;
+    if (waited >= call.timeout) {
+      // Not sending is the safe side: the core already treats a timeout
+      // as "maybe applied".
+      r.outcome = KvOutcome::timeout;
+      r.message = fmt::format("not sent: waited {} ms for an I/O thread (all busy; see io_threads)",
+                              std::chrono::duration_cast<std::chrono::milliseconds>(waited).count());
+      deliver(std::move(r));
+      return;
+    }
+    const Duration timeout = call.timeout - waited;
+    switch (call.kind) {
+      case OpKind::get:
+        r = store->get(key, timeout);
+        break;
+      case OpKind::create:
+        r = store->create(key, call.value, call.expected, timeout);
+        break;
+      case OpKind::update:
+        r = store->update(key, call.value, call.expected.value_or(0), timeout);
+        break;
+      case OpKind::erase:
+        r = store->erase(key, call.expected.value_or(0), timeout);
+        break;
+    }
+    deliver(std::move(r));
+  });
 }
 
 void ElectionDriver::start_watch() {

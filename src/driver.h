@@ -67,7 +67,7 @@ class ElectionDriver : public std::enable_shared_from_this<ElectionDriver> {
   /// a callback, which cannot wait for itself).
   void shutdown() noexcept;
 
-  bool is_leader() const noexcept { return lease_->leading(SteadyClock::now()); }
+  bool is_leader() const noexcept { return lease_->leading(); }
   bool wait_for_leadership(std::chrono::milliseconds timeout) const;
   std::optional<std::uint64_t> token() const noexcept;
   std::optional<FencingToken> fencing_token() const noexcept;

@@ -18,7 +18,12 @@ struct LeaseState {
     return t != 0 && term.load(std::memory_order_acquire) == t &&
            now.time_since_epoch().count() < deadline_ns.load(std::memory_order_acquire);
   }
-  bool leading(TimePoint now) const noexcept { return holds(term.load(std::memory_order_acquire), now); }
+  /// Whether a term is held now. Reads the clock only while one is held:
+  /// a follower's answer costs one atomic load.
+  bool leading() const noexcept {
+    const std::uint64_t t = term.load(std::memory_order_acquire);
+    return t != 0 && holds(t, SteadyClock::now());
+  }
 };
 
 }  // namespace leader::detail

@@ -243,5 +243,43 @@ TEST_F(ElectionDriverTest, ConstructorValidatesTheConfig) {
   EXPECT_THROW(Election(nullptr, fast_config("a")), ConfigError);
 }
 
+TEST_F(ElectionDriverTest, ACallThatWaitedPastItsTimeoutForAnIoThreadIsNotSent) {
+  // With every I/O thread busy, calls waited in the queue past their
+  // deadline and were still sent: at 10,000 roles renewals and creates
+  // landed stale, leases lapsed and two processes fought over the roles.
+  auto client = server_.client("a");
+  auto conn = std::make_shared<Connection>(client, /*io_threads=*/1);
+  Election first(conn, fast_config("a", "r1"));
+  Election second(conn, fast_config("a", "r2"));
+  Election third(conn, fast_config("a", "r3"));
+  struct Release {  // destroyed first: no thread stays blocked in a hang
+    std::shared_ptr<natsmock::MockClient> client;
+    ~Release() { client->release_hangs(); }
+  } release{client};
+  first.start();
+  second.start();
+  ASSERT_TRUE(first.wait_for_leadership(5s));
+  ASSERT_TRUE(second.wait_for_leadership(5s));
+  natsmock::Fault hang;
+  hang.op = "create";
+  hang.outcome = detail::KvOutcome::ok;
+  hang.hang = true;
+  client->inject(hang);
+  third.start();
+  ASSERT_TRUE(client->wait_for_hung_calls(1, 5s)) << "r3's create holds the only I/O thread";
+  // r1's and r2's renewals (every 100 ms, 80 ms deadline) queue behind it
+  // and time out there.
+  std::this_thread::sleep_for(300ms);
+  client->release_hangs();
+  std::this_thread::sleep_for(300ms);
+  std::size_t stale = 0;
+  for (const auto& c : server_.calls()) {
+    if (c.op == "update" && c.key != "r3" && c.outcome == detail::KvOutcome::conflict) ++stale;
+  }
+  EXPECT_EQ(stale, 0u) << "renewals that had timed out in the queue reached the server";
+  EXPECT_TRUE(first.wait_for_leadership(1s));
+  EXPECT_TRUE(second.wait_for_leadership(1s));
+}
+
 }  // namespace
 }  // namespace leader
