@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "leader/error.h"
+#include "record.h"
 
 namespace leader {
 namespace {
@@ -16,13 +17,15 @@ using std::chrono::milliseconds;
 
 std::string show(milliseconds d) { return fmt::format("{}ms", d.count()); }
 
-// A string printed back to a person: control characters escaped, long
-// values cut, so a hostile value cannot forge log lines.
+// A string printed back to a person: control characters, quotes and every
+// byte outside printable ASCII escaped as \xNN, long values cut, so a
+// hostile value can neither forge log lines nor put invalid UTF-8 into a
+// message.
 std::string quoted(const std::string& s) {
   std::string out = "\"";
   for (std::size_t i = 0; i < s.size() && i < 80; ++i) {
     const auto c = static_cast<unsigned char>(s[i]);
-    if (c < 0x20 || c == 0x7f || c == '"' || c == '\\') {
+    if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') {
       out += fmt::format("\\x{:02x}", c);
     } else {
       out += static_cast<char>(c);
@@ -32,13 +35,27 @@ std::string quoted(const std::string& s) {
   return out + "\"";
 }
 
+// ASCII only: std::isalnum follows the C locale, which an application may
+// have changed.
+bool ascii_alnum(unsigned char c) {
+  return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+// a - b, saturated: resolved() runs before validate() has checked a range.
+milliseconds minus(milliseconds a, milliseconds b) {
+  milliseconds::rep out = 0;
+  if (__builtin_sub_overflow(a.count(), b.count(), &out))
+    return b.count() < 0 ? milliseconds::max() : milliseconds::min();
+  return milliseconds(out);
+}
+
 // NATS KV bucket names: [A-Za-z0-9_-]+ (nats.c validBucketName).
 void check_bucket(const std::string& bucket) {
   if (bucket.empty() || bucket.size() > 64) {
     throw ConfigError("bucket", fmt::format("{} must be 1..64 characters", quoted(bucket)));
   }
   for (unsigned char c : bucket) {
-    if (!(std::isalnum(c) || c == '_' || c == '-')) {
+    if (!(ascii_alnum(c) || c == '_' || c == '-')) {
       throw ConfigError("bucket",
                         fmt::format("{} may contain only letters, digits, '-' and '_'", quoted(bucket)));
     }
@@ -52,7 +69,7 @@ void check_role(const std::string& role) {
     throw ConfigError("role", fmt::format("{} must be 1..256 characters", quoted(role)));
   }
   for (unsigned char c : role) {
-    if (!(std::isalnum(c) || c == '-' || c == '/' || c == '_' || c == '=' || c == '.')) {
+    if (!(ascii_alnum(c) || c == '-' || c == '/' || c == '_' || c == '=' || c == '.')) {
       throw ConfigError("role",
                         fmt::format("{} may contain only letters, digits and - / _ = .", quoted(role)));
     }
@@ -67,13 +84,8 @@ void check_role(const std::string& role) {
 }
 
 void check_instance(const std::string& id) {
-  if (id.empty() || id.size() > 128) {
-    throw ConfigError("instance_id", fmt::format("{} must be 1..128 bytes", quoted(id)));
-  }
-  for (unsigned char c : id) {
-    if (c < 0x20 || c == 0x7f) {
-      throw ConfigError("instance_id", fmt::format("{} must not contain control characters", quoted(id)));
-    }
+  if (const char* problem = detail::instance_id_problem(id)) {
+    throw ConfigError("instance_id", fmt::format("{} {}", quoted(id), problem));
   }
 }
 
@@ -87,9 +99,8 @@ Config Config::resolved() const {
   if (c.retry_max.count() == 0) c.retry_max = c.heartbeat_interval;
   // Never past the lease deadline: a longer grace is clamped (the driver
   // warns at start when it was).
-  if (c.disconnect_grace.count() == 0 || c.disconnect_grace > c.ttl - c.safety_margin) {
-    c.disconnect_grace = c.ttl - c.safety_margin;
-  }
+  const milliseconds usable = minus(c.ttl, c.safety_margin);
+  if (c.disconnect_grace.count() == 0 || c.disconnect_grace > usable) c.disconnect_grace = usable;
   if (c.health_timeout.count() == 0) c.health_timeout = std::max(milliseconds(1), c.heartbeat_interval / 2);
   if (c.breaker_open.count() == 0) c.breaker_open = c.ttl;
   return c;
@@ -111,7 +122,9 @@ void Config::validate() const {
                                                    show(c.safety_margin), show(c.ttl / 3)));
   }
   const milliseconds usable = c.ttl - c.safety_margin;
-  if (c.heartbeat_interval * 3 > c.ttl || c.heartbeat_interval * 2 > usable) {
+  // Divided rather than multiplied, so a huge heartbeat cannot overflow:
+  // for integers h * 3 <= t exactly when h <= t / 3.
+  if (c.heartbeat_interval > c.ttl / 3 || c.heartbeat_interval > usable / 2) {
     throw ConfigError("heartbeat_interval",
                       fmt::format("{} too long for ttl {}: need ttl >= 3 x heartbeat and heartbeat <= "
                                   "(ttl - safety_margin) / 2, so a failed renewal can be retried "
@@ -126,23 +139,28 @@ void Config::validate() const {
     throw ConfigError("acquire_jitter", fmt::format("{} must be between 0 and ttl / 10 ({})",
                                                     show(c.acquire_jitter), show(c.ttl / 10)));
   }
-  if (c.retry_initial <= milliseconds(0)) {
-    throw ConfigError("retry_initial", fmt::format("{} must be positive", show(c.retry_initial)));
+  // At most 1 h: the backoff doubles it up to 2^20 times in nanoseconds.
+  if (c.retry_initial <= milliseconds(0) || c.retry_initial > std::chrono::hours(1)) {
+    throw ConfigError("retry_initial",
+                      fmt::format("{} must be positive and at most 1h", show(c.retry_initial)));
   }
   if (c.retry_max < c.retry_initial || c.retry_max > c.ttl) {
     throw ConfigError("retry_max", fmt::format("{} must be between retry_initial ({}) and ttl ({})",
                                                show(c.retry_max), show(c.retry_initial), show(c.ttl)));
   }
-  if (c.start_timeout <= milliseconds(0)) {
-    throw ConfigError("start_timeout", fmt::format("{} must be positive", show(c.start_timeout)));
+  // Upper bounds keep every duration within the nanosecond clocks.
+  if (c.start_timeout <= milliseconds(0) || c.start_timeout > std::chrono::hours(24)) {
+    throw ConfigError("start_timeout",
+                      fmt::format("{} must be positive and at most 24h", show(c.start_timeout)));
   }
   if (disconnect_grace < milliseconds(0)) {
     throw ConfigError("disconnect_grace", fmt::format("{} must not be negative", show(disconnect_grace)));
   }
   if (c.validation_interval < milliseconds(0) ||
-      (c.validation_interval.count() > 0 && c.validation_interval < milliseconds(10))) {
+      (c.validation_interval.count() > 0 && c.validation_interval < milliseconds(10)) ||
+      c.validation_interval > std::chrono::hours(24)) {
     throw ConfigError("validation_interval",
-                      fmt::format("{} must be 0 (off) or at least 10ms", show(c.validation_interval)));
+                      fmt::format("{} must be 0 (off) or 10ms..24h", show(c.validation_interval)));
   }
   if (c.health_timeout <= milliseconds(0) || c.health_timeout > c.ttl) {
     throw ConfigError("health_timeout",

@@ -38,7 +38,54 @@ bool nesting_within(const std::string& s, int limit) {
   return true;
 }
 
+// Length of the well-formed UTF-8 sequence at s[i] (RFC 3629, Table 3-7 of
+// the Unicode standard), with its code point; 0 when it is not one.
+std::size_t utf8_sequence(std::string_view s, std::size_t i, char32_t& cp) noexcept {
+  const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(s[i + k]); };
+  const unsigned char b0 = byte(0);
+  if (b0 < 0x80) {
+    cp = b0;
+    return 1;
+  }
+  std::size_t n = 0;
+  unsigned char lo = 0x80;
+  unsigned char hi = 0xbf;
+  if (b0 >= 0xc2 && b0 <= 0xdf) {
+    n = 2;
+  } else if (b0 >= 0xe0 && b0 <= 0xef) {
+    n = 3;
+    if (b0 == 0xe0) lo = 0xa0;  // overlong
+    if (b0 == 0xed) hi = 0x9f;  // surrogates
+  } else if (b0 >= 0xf0 && b0 <= 0xf4) {
+    n = 4;
+    if (b0 == 0xf0) lo = 0x90;  // overlong
+    if (b0 == 0xf4) hi = 0x8f;  // past U+10FFFF
+  } else {
+    return 0;
+  }
+  if (s.size() - i < n || byte(1) < lo || byte(1) > hi) return 0;
+  cp = b0 & (0x7f >> n);
+  for (std::size_t k = 1; k < n; ++k) {
+    if ((byte(k) & 0xc0) != 0x80) return 0;
+    cp = (cp << 6) | (byte(k) & 0x3f);
+  }
+  return n;
+}
+
 }  // namespace
+
+const char* instance_id_problem(std::string_view id) noexcept {
+  if (id.empty() || id.size() > 128) return "must be 1..128 bytes";
+  bool control = false;
+  for (std::size_t i = 0; i < id.size();) {
+    char32_t cp = 0;
+    const std::size_t n = utf8_sequence(id, i, cp);
+    if (n == 0) return "must be valid UTF-8";
+    control = control || cp < 0x20 || (cp >= 0x7f && cp <= 0x9f);
+    i += n;
+  }
+  return control ? "must not contain control characters" : nullptr;
+}
 
 std::string encode_record(const Record& r) {
   json j = {{"v", 1},
@@ -49,7 +96,8 @@ std::string encode_record(const Record& r) {
             {"acquired_at", r.acquired_at},
             {"renewed_at", r.renewed_at}};
   if (!r.metadata.empty()) j["metadata"] = r.metadata;
-  // replace: instance ids and metadata are not guaranteed UTF-8.
+  // replace: metadata is not guaranteed UTF-8 (instance ids are, by
+  // Config::validate()).
   return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
@@ -66,16 +114,25 @@ std::optional<Record> decode_record(const std::string& value) noexcept {
     }
     r.holder = holder->get<std::string>();
     r.nonce = nonce->get<std::string>();
-    if (r.holder.empty() || r.nonce.empty()) return std::nullopt;
+    // A holder no instance can have is garbage (and could forge log lines).
+    if (instance_id_problem(r.holder) != nullptr || r.nonce.empty()) return std::nullopt;
     if (const auto t = j.find("term"); t != j.end()) {
       if (!t->is_number_unsigned()) return std::nullopt;
       r.term = t->get<std::uint64_t>();
     }
     if (const auto p = j.find("priority"); p != j.end()) {
-      if (!p->is_number_integer()) return std::nullopt;
-      const auto v = p->get<std::int64_t>();
-      if (v < -1000000 || v > 1000000) return std::nullopt;
-      r.priority = static_cast<int>(v);
+      // Unsigned first: read as int64, 2^64 - 1 would pass as -1.
+      if (p->is_number_unsigned()) {
+        const auto v = p->get<std::uint64_t>();
+        if (v > 1000000) return std::nullopt;
+        r.priority = static_cast<int>(v);
+      } else if (p->is_number_integer()) {
+        const auto v = p->get<std::int64_t>();
+        if (v < -1000000 || v > 1000000) return std::nullopt;
+        r.priority = static_cast<int>(v);
+      } else {
+        return std::nullopt;
+      }
     }
     if (const auto m = j.find("metadata"); m != j.end()) {
       if (!m->is_object()) return std::nullopt;

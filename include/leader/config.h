@@ -16,17 +16,19 @@ enum class Storage { file, memory };
 /// Fields left at zero where the comment says "0: derived" take a value
 /// derived from `ttl`. `validate()` (called by `Election`'s constructor)
 /// checks the resolved values and throws `ConfigError` naming the field,
-/// the value and the rule.
+/// the value and the rule. No duration may be negative; one not marked
+/// "0: derived" or "0: off" must be positive unless its range starts at 0.
 struct Config {
   /// KV bucket holding the roles. Letters, digits, '-' and '_' only,
   /// 1..64 characters. Default "leaders".
   std::string bucket = "leaders";
   /// The role (election group): a key of the bucket. Letters, digits and
   /// `- _ = / .`, 1..256 characters, not starting or ending with '.',
-  /// no "..". Required.
+  /// no "..", not starting with "_leader." (reserved). Required.
   std::string role;
-  /// This candidate's identity, shown to the other candidates. Printable,
-  /// no control characters, 1..128 bytes. Required; unique per process.
+  /// This candidate's identity, shown to the other candidates: 1..128
+  /// bytes of valid UTF-8 without control characters (U+0000..U+001F,
+  /// U+007F..U+009F). Required; unique per process.
   std::string instance_id;
 
   /// Lease length: the bucket's MaxAge. A crashed leader is replaced about
@@ -35,7 +37,8 @@ struct Config {
   /// Default 10 s.
   std::chrono::milliseconds ttl{10000};
   /// How often the leader renews. 0: derived as ttl / 5. Must leave two
-  /// renewals inside the usable lease: heartbeat <= (ttl - safety_margin) / 2.
+  /// renewals inside the usable lease: heartbeat <= ttl / 3 and
+  /// heartbeat <= (ttl - safety_margin) / 2.
   std::chrono::milliseconds heartbeat_interval{0};
   /// The leader considers itself leader only until
   /// (send time of its last successful renewal) + ttl - safety_margin.
@@ -43,19 +46,22 @@ struct Config {
   /// `Term::lost()`. 0: derived as ttl / 20 (at least 1 ms). At most ttl / 3.
   std::chrono::milliseconds safety_margin{0};
   /// Deadline of each KV call the library makes (it never trusts the
-  /// client's own). 0: derived as heartbeat_interval / 2. Must be below
-  /// ttl - safety_margin.
+  /// client's own). 0: derived as heartbeat_interval / 2 (at least 1 ms).
+  /// Must be below ttl - safety_margin.
   std::chrono::milliseconds call_timeout{0};
   /// A follower that sees the key deleted waits a random 0..acquire_jitter
   /// before it tries to acquire, to spread a herd. The compare-and-swap
   /// already keeps the race safe. 0 .. ttl / 10. Default 5 ms.
   std::chrono::milliseconds acquire_jitter{5};
   /// First retry delay after a transient failure (timeout, no responders,
-  /// disconnected); doubles per failure with full jitter. Default 20 ms.
+  /// disconnected); doubles per failure with full jitter. Positive, at most
+  /// 1 h. Default 20 ms.
   std::chrono::milliseconds retry_initial{20};
-  /// Cap of the retry delay. 0: derived as heartbeat_interval. At most ttl.
+  /// Cap of the retry delay. 0: derived as heartbeat_interval. At least
+  /// retry_initial, at most ttl.
   std::chrono::milliseconds retry_max{0};
-  /// How long `start()` waits to open (or create) the bucket. Default 5 s.
+  /// How long `start()` waits to open (or create) the bucket. Positive, at
+  /// most 24 h. Default 5 s.
   std::chrono::milliseconds start_timeout{5000};
 
   /// While disconnected from NATS a leader keeps its role for this long,
@@ -66,9 +72,10 @@ struct Config {
   std::chrono::milliseconds disconnect_grace{0};
   /// While leading, also validate the key with a leader-routed read this
   /// often, and demote on a mismatch (validate-or-demote); renewals
-  /// validate too. 0: off. At least 10 ms.
+  /// validate too. 0: off; else 10 ms .. 24 h.
   std::chrono::milliseconds validation_interval{0};
-  /// Bound of one health check run. 0: derived as heartbeat_interval / 2.
+  /// Bound of one health check run. 0: derived as heartbeat_interval / 2
+  /// (at least 1 ms). At most ttl.
   std::chrono::milliseconds health_timeout{0};
   /// After this many failed health checks in a row the leader steps down
   /// (releasing the key) and the instance does not campaign until a check
@@ -97,7 +104,8 @@ struct Config {
   /// overwrite of a live lease. Default false.
   bool priority_handover = false;
   /// Free-form metadata stored in the record, shown to other candidates
-  /// and operators. Keep it small; never put secrets here.
+  /// and operators. At most 4096 bytes of keys and values together; never
+  /// put secrets here.
   std::map<std::string, std::string> metadata;
 
   /// Checks every field; throws `ConfigError` on the first violation.

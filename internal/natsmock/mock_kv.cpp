@@ -556,6 +556,13 @@ class MockStore final : public detail::KvStore {
     }
 
     const std::optional<Fault> fault = take_fault(c, op);
+    // What the caller is told; the log keeps what the server did.
+    auto told = [&fault](KvResult r) {
+      if (!fault || !fault->revision) return r;
+      if (r.ok() && r.revision != 0) r.revision = *fault->revision;
+      if (r.entry) r.entry->revision = *fault->revision;
+      return r;
+    };
     if (fault && fault->hang) wait_hang(lk, s, c);
     if (fault && fault->outcome != KvOutcome::ok) {
       KvResult r = failure(fault->outcome, std::string("injected ") + detail::to_string(fault->outcome) +
@@ -588,7 +595,7 @@ class MockStore final : public detail::KvStore {
       KvResult r;
       r.outcome = KvOutcome::ok;
       r.entry = m->entry;
-      return done(std::move(r), m->entry.revision, false);
+      return done(told(std::move(r)), m->entry.revision, false);
     }
 
     const PendingWrite p = pending(op, key, value, expected, false);
@@ -598,7 +605,7 @@ class MockStore final : public detail::KvStore {
     r.revision = w.revision;
     r.message = std::move(w.message);
     if (w.outcome == KvOutcome::conflict && c.conflict_entry) r.entry = std::move(w.current);
-    return done(std::move(r), w.revision, w.outcome == KvOutcome::ok);
+    return done(told(std::move(r)), w.revision, w.outcome == KvOutcome::ok);
   }
 
   std::shared_ptr<ClientCore> client_;

@@ -46,6 +46,11 @@ struct Fault {
   /// How many matching calls it hits before it is used up; <= 0: until
   /// `clear_faults()`.
   int times = 1;
+  /// A lying server: the caller is told this revision instead of the real
+  /// one, in a successful write's answer and in the entry of a get or of a
+  /// conflict. The bucket and the call log keep the real revision. Unset:
+  /// the truth.
+  std::optional<std::uint64_t> revision = std::nullopt;
 };
 
 /// One call seen by the server, in the order the server processed them.
