@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config git ca-certificates
   libnats-dev nats-server prometheus-cpp-dev
-  libfmt-dev libspdlog-dev nlohmann-json3-dev
+  libfmt-dev libspdlog-dev nlohmann-json3-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang-format clang-tidy
   curl procps iproute2

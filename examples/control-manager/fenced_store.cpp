@@ -68,6 +68,14 @@ struct FencedStore::Impl {
     if (s == NATS_OK) s = natsOptions_SetReconnectWait(opts, 100);
     if (s == NATS_OK) s = natsOptions_SetPingInterval(opts, 1000);
     if (s == NATS_OK) s = natsOptions_SetMaxPingsOut(opts, 2);
+    if (s == NATS_OK) {
+      try {
+        leader::apply_connection_security(opts, options.security);
+      } catch (...) {
+        natsOptions_Destroy(opts);
+        throw;
+      }
+    }
     if (s == NATS_OK) s = natsConnection_Connect(&nc, opts);
     const std::string error = s == NATS_OK ? "" : nats_error("state store: connect", s);
     natsOptions_Destroy(opts);

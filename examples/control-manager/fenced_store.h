@@ -16,6 +16,7 @@
 #include <optional>
 #include <string>
 
+#include "leader/connection.h"
 #include "leader/fencing.h"
 
 namespace control_manager {
@@ -66,6 +67,9 @@ class FencedStore {
   struct Options {
     /// NATS server URL(s), comma-separated.
     std::string url;
+    /// Credentials and TLS, the election connection's (the fields from
+    /// `user` on are used).
+    leader::ConnectionOptions security;
     /// Connection name shown by the server.
     std::string name = "control-manager state";
     /// The state bucket; created (file storage, one replica, no TTL) when
@@ -84,7 +88,9 @@ class FencedStore {
     int max_attempts = 8;
   };
 
-  /// Connects and opens (or creates) the bucket. Throws std::runtime_error.
+  /// Connects and opens (or creates) the bucket. Throws std::runtime_error,
+  /// or leader::ConfigError / leader::Error for bad credentials or TLS
+  /// options.
   static std::unique_ptr<FencedStore> open(const Options& options);
   ~FencedStore();
   FencedStore(const FencedStore&) = delete;

@@ -47,6 +47,7 @@
 #include <prometheus/registry.h>
 
 #include "fenced_store.h"
+#include "leader/connection_flags.h"
 #include "leader/leader.h"
 
 namespace {
@@ -60,8 +61,6 @@ constexpr const char* kUsage =
     "and the loop stops writing until the next term.\n"
     "\n"
     "flags:\n"
-    "  --nats-url URL           NATS server URL(s), comma-separated\n"
-    "                           (default: $NATS_URL, else nats://127.0.0.1:4222)\n"
     "  --bucket NAME            KV bucket holding the roles (default: leaders)\n"
     "  --role NAME              role to lead (default: control-manager)\n"
     "  --id ID                  this instance's id (default: <hostname>-<pid>)\n"
@@ -79,11 +78,22 @@ constexpr const char* kUsage =
     "                           (port 0: any free port; default: off)\n"
     "  --help                   print this help and exit\n"
     "\n"
+    "connection flags (server, credentials, TLS):\n";
+
+constexpr const char* kUsageTail =
+    "\n"
     "Exit status: 0 after SIGINT/SIGTERM (leadership released), 1 when the\n"
     "connection or the election cannot start, 2 for bad flags or configuration.\n";
 
+void print_usage(std::FILE* out) {
+  std::fputs(kUsage, out);
+  std::fputs(leader::connection_flags_help(), out);
+  std::fputs(kUsageTail, out);
+}
+
 struct Options {
-  std::string nats_url;
+  /// --nats-url, credentials and TLS (leader/connection_flags.h).
+  leader::ConnectionOptions connection;
   std::string bucket = "leaders";
   std::string role = "control-manager";
   std::string id;
@@ -118,13 +128,16 @@ bool valid_bucket_name(const std::string& name) {
 
 Options parse_args(int argc, char** argv) {
   Options options;
-  const char* env_url = std::getenv("NATS_URL");
-  options.nats_url = (env_url != nullptr && env_url[0] != '\0') ? env_url : "nats://127.0.0.1:4222";
+  try {
+    options.connection = leader::consume_connection_flags(argc, argv);
+  } catch (const leader::ConfigError& e) {
+    throw UsageError{e.what()};
+  }
   bool id_given = false;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--help" || arg == "-h") {
-      std::fputs(kUsage, stdout);
+      print_usage(stdout);
       std::exit(0);
     }
     if (arg.rfind("--", 0) != 0) throw UsageError{"unexpected argument '" + arg + "'"};
@@ -147,9 +160,7 @@ Options parse_args(int argc, char** argv) {
         throw UsageError{name + ": " + e.what()};
       }
     };
-    if (name == "--nats-url") {
-      options.nats_url = take_value();
-    } else if (name == "--bucket") {
+    if (name == "--bucket") {
       options.bucket = take_value();
     } else if (name == "--role") {
       options.role = take_value();
@@ -379,15 +390,15 @@ int run(const Options& options, const sigset_t& stop_signals) {
     log.emit("error", "code=" + std::to_string(error.code.value()) + " msg=" + quoted(error.message));
   };
 
-  leader::ConnectionOptions connection_options;
-  connection_options.url = options.nats_url;
+  leader::ConnectionOptions connection_options = options.connection;
   connection_options.name = "control-manager " + options.id;
   auto connection = leader::Connection::connect(connection_options);
 
   // The downstream resource the reconcile loop writes to (its own
   // connection and bucket; see fenced_store.h).
   control_manager::FencedStore::Options store_options;
-  store_options.url = options.nats_url;
+  store_options.url = options.connection.url;
+  store_options.security = options.connection;
   store_options.name = "control-manager " + options.id + " state";
   store_options.bucket = options.state_bucket;
   store_options.key = config.role;
@@ -433,7 +444,8 @@ int main(int argc, char** argv) {
   try {
     options = parse_args(argc, argv);
   } catch (const UsageError& e) {
-    std::fprintf(stderr, "control-manager: %s\n\n%s", e.message.c_str(), kUsage);
+    std::fprintf(stderr, "control-manager: %s\n\n", e.message.c_str());
+    print_usage(stderr);
     return 2;
   }
 

@@ -44,6 +44,7 @@
 #include <utility>
 #include <vector>
 
+#include "leader/connection_flags.h"
 #include "leader/leader.h"
 
 namespace {
@@ -56,8 +57,6 @@ constexpr const char* kUsage =
     "--work-interval for each role this instance leads.\n"
     "\n"
     "flags:\n"
-    "  --nats-url URL            NATS server URL(s), comma-separated\n"
-    "                            (default: $NATS_URL, else nats://127.0.0.1:4222)\n"
     "  --bucket NAME             KV bucket holding the roles (default: leaders)\n"
     "  --id ID                   this instance's id (default: <hostname>-<pid>)\n"
     "  --ttl DURATION            lease length, e.g. 10s, 3s, 500ms (default: 10s)\n"
@@ -72,15 +71,28 @@ constexpr const char* kUsage =
     "                            (default: 2s when stdout is a terminal, else 0)\n"
     "  --callback-threads N      threads running the callbacks of all roles,\n"
     "                            1..64 (default: 2)\n"
+    "  --io-threads N            threads running the KV calls of all roles on\n"
+    "                            the connection, 1..64 (default: the library's)\n"
     "  --control-stdin           read commands from stdin, one per line:\n"
     "                            add ROLE, remove ROLE, status (EOF does not stop)\n"
     "  --help                    print this help and exit\n"
     "\n"
+    "connection flags (server, credentials, TLS):\n";
+
+constexpr const char* kUsageTail =
+    "\n"
     "Exit status: 0 after SIGINT/SIGTERM (every role released), 1 when the\n"
     "connection or a role cannot start, 2 for bad flags or configuration.\n";
 
+void print_usage(std::FILE* out) {
+  std::fputs(kUsage, out);
+  std::fputs(leader::connection_flags_help(), out);
+  std::fputs(kUsageTail, out);
+}
+
 struct Options {
-  std::string nats_url;
+  /// --nats-url, credentials and TLS (leader/connection_flags.h).
+  leader::ConnectionOptions connection;
   std::string bucket = "leaders";
   std::string id;
   std::chrono::milliseconds ttl{10000};
@@ -89,6 +101,7 @@ struct Options {
   std::chrono::milliseconds work_interval{200};
   std::chrono::milliseconds table_interval{0};
   int callback_threads = 2;
+  int io_threads = 0;  // 0: the library's default
   bool control_stdin = false;
 };
 
@@ -146,8 +159,11 @@ std::vector<std::string> numbered_roles(const std::string& prefix, int count) {
 
 Options parse_args(int argc, char** argv) {
   Options options;
-  const char* env_url = std::getenv("NATS_URL");
-  options.nats_url = (env_url != nullptr && env_url[0] != '\0') ? env_url : "nats://127.0.0.1:4222";
+  try {
+    options.connection = leader::consume_connection_flags(argc, argv);
+  } catch (const leader::ConfigError& e) {
+    throw UsageError{e.what()};
+  }
   std::optional<std::string> id;
   std::optional<std::vector<std::string>> roles;
   std::optional<int> role_count;
@@ -156,7 +172,7 @@ Options parse_args(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--help" || arg == "-h") {
-      std::fputs(kUsage, stdout);
+      print_usage(stdout);
       std::exit(0);
     }
     if (arg.rfind("--", 0) != 0) throw UsageError{"unexpected argument '" + arg + "'"};
@@ -179,9 +195,7 @@ Options parse_args(int argc, char** argv) {
         throw UsageError{name + ": " + e.what()};
       }
     };
-    if (name == "--nats-url") {
-      options.nats_url = take_value();
-    } else if (name == "--bucket") {
+    if (name == "--bucket") {
       options.bucket = take_value();
     } else if (name == "--id") {
       id = take_value();
@@ -202,6 +216,8 @@ Options parse_args(int argc, char** argv) {
       table_interval = take_duration("table-interval");
     } else if (name == "--callback-threads") {
       options.callback_threads = parse_int(name, take_value(), 1, 64);
+    } else if (name == "--io-threads") {
+      options.io_threads = parse_int(name, take_value(), 1, 64);
     } else if (name == "--control-stdin") {
       if (value) throw UsageError{"--control-stdin takes no value"};
       options.control_stdin = true;
@@ -548,11 +564,11 @@ int run(const Options& options, const sigset_t& stop_signals) {
     config.validate();
   }
 
-  leader::ConnectionOptions connection_options;
-  connection_options.url = options.nats_url;
+  leader::ConnectionOptions connection_options = options.connection;
   connection_options.name = "multi-role " + options.id;
   // A hung server is noticed after about two pings: keep that inside the lease.
   connection_options.ping_interval = std::min(connection_options.ping_interval, options.ttl / 4);
+  if (options.io_threads > 0) connection_options.io_threads = options.io_threads;
   auto connection = leader::Connection::connect(connection_options);
 
   leader::RoleManagerOptions manager_options;
@@ -608,7 +624,8 @@ int main(int argc, char** argv) {
   try {
     options = parse_args(argc, argv);
   } catch (const UsageError& e) {
-    std::fprintf(stderr, "multi-role: %s\n\n%s", e.message.c_str(), kUsage);
+    std::fprintf(stderr, "multi-role: %s\n\n", e.message.c_str());
+    print_usage(stderr);
     return 2;
   }
 

@@ -30,9 +30,75 @@ struct ConnectionOptions {
   std::chrono::milliseconds ping_interval{1000};
   /// How many background threads run KV calls for the elections on this
   /// connection (calls block; a hung call occupies one thread until the
-  /// client's own timeout). 1..64. Default 4.
-  int io_threads = 4;
+  /// client's own timeout). Needs about (calls per second) x (call latency)
+  /// threads: 10,000 roles at TTL 10 s renew 5,000 times a second. A call
+  /// that waits past its deadline for a thread is not sent and counts as a
+  /// timeout. 1..64. Default 16.
+  int io_threads = 16;
+
+  // Credentials: at most one of user (+ password), token, NKey and creds
+  // file. Credentials in `url` (nats://user:password@host) also work; nats.c
+  // prefers them to `user`, `password` and `token`. Secrets (password,
+  // token, the contents of the seed, creds and key files) never appear in a
+  // log line, an error message or `status()`; file paths may.
+
+  /// User name for user/password authentication. Default empty (none).
+  std::string user;
+  /// Password of `user`; requires `user`. Secret. Prefer the environment
+  /// (NATS_PASSWORD, see connection_flags.h) to a command line, which
+  /// other local users can read. Default empty.
+  std::string password;
+  /// Authentication token. Secret. Default empty (none).
+  std::string token;
+  /// The user's NKey public key: 56 characters starting with 'U'. Default
+  /// empty: taken from a line of `nkey_seed_file` that holds it (as
+  /// `nk -gen user -pubout` writes); one of the two is required with a seed.
+  std::string nkey;
+  /// File holding the user's NKey seed ("SU...", 58 characters), read at
+  /// every (re)connect to sign the server's nonce. Secret contents; the
+  /// path is not. Default empty (no NKey authentication).
+  std::string nkey_seed_file;
+  /// Credentials file of a decentralized (JWT) setup: the user JWT and its
+  /// NKey seed, as `nsc` writes it; read at every (re)connect. Secret
+  /// contents. Default empty (none).
+  std::string creds_file;
+
+  // TLS. nats.c checks the server's certificate chain and that it names
+  // the host of the URL (or `tls_server_name`).
+
+  /// Use TLS. Default false; TLS is also on when any `tls_*` field below is
+  /// set or a URL has the tls:// scheme (and when the server requires it).
+  bool tls = false;
+  /// PEM file of the CA certificates to trust for the server's certificate.
+  /// Default empty: the system's trust store (OpenSSL's default paths;
+  /// SSL_CERT_FILE and SSL_CERT_DIR override them).
+  std::string tls_ca_file;
+  /// PEM file of the client certificate (chain), for servers that verify
+  /// clients. Requires `tls_key_file`. Default empty (none).
+  std::string tls_cert_file;
+  /// PEM file of the client certificate's private key (unencrypted).
+  /// Secret contents. Requires `tls_cert_file`. Default empty (none).
+  std::string tls_key_file;
+  /// Host name the server's certificate must name, instead of the host of
+  /// the URL connected to (for a URL by IP address, or a certificate
+  /// issued for a service name). Also sent as SNI. Default empty.
+  std::string tls_server_name;
+
+  /// Checks every field as `Connection::connect()` does and throws
+  /// `ConfigError` naming the field and the rule, never the value of a
+  /// secret. Checks that the credential and TLS files can be read and, for
+  /// an NKey without `nkey`, that the seed file holds the public key.
+  void validate() const;
 };
+
+/// Applies the credentials and TLS settings of `options` (the fields from
+/// `user` on) to `nats_options`, a nats.c `natsOptions*` (passed as
+/// `void*`, so that this header needs no nats.h), for an application that
+/// makes its own nats.c connections to the same servers (for `adopt()`, or
+/// for work of its own). Validates `options` first (throws `ConfigError`);
+/// throws `Error` (`Errc::other`, naming the field) when nats.c refuses a
+/// setting, e.g. a file that is not PEM.
+void apply_connection_security(void* nats_options, const ConnectionOptions& options);
 
 /// A connection to NATS shared by any number of elections, with the threads
 /// that drive them (one loop thread and `io_threads` for KV calls). Made by
@@ -43,9 +109,12 @@ struct ConnectionOptions {
 /// `shared_ptr` for as long as an election uses it (elections hold one too).
 class Connection {
  public:
-  /// Connects to `options.url`. Throws `leader::Error` when the server
-  /// cannot be reached within `connect_timeout`, or `ConfigError` for bad
-  /// options.
+  /// Connects to `options.url`. Throws `ConfigError` for bad options
+  /// (`options.validate()`), or `leader::Error` when no connection is made:
+  /// `disconnected` when no server could be reached, `timeout` after
+  /// `connect_timeout`, `permission_denied` when the server refuses the
+  /// credentials or the TLS handshake fails (the message names the URL,
+  /// credentials redacted, and the reason), `other` otherwise.
   static std::shared_ptr<Connection> connect(const ConnectionOptions& options);
 
   /// Uses a connection the application already has (a `natsConnection*`

@@ -3,6 +3,7 @@
 /// Umbrella header of the leader library.
 #include "leader/config.h"
 #include "leader/connection.h"
+#include "leader/connection_flags.h"
 #include "leader/election.h"
 #include "leader/error.h"
 #include "leader/fencing.h"

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "nats/nats_internal.h"
+#include "nats/nats_options.h"
 #include "redact.h"
 
 namespace leader::detail {
@@ -620,7 +621,8 @@ class NatsBackend final : public Backend {
   std::chrono::milliseconds ping_interval_{0};
 };
 
-OpenResult NatsBackend::fail_call(const BucketSpec& spec, const char* what, const Failure& f) const {
+OpenResult NatsBackend::fail_call(const BucketSpec& spec, const char* what, const Failure& failure) const {
+  const Failure f = with_permission_violation(failure, core_->nc, "open", {}, "KV_" + spec.name);
   if (f.status == NATS_NO_RESPONDERS || f.js_code == JSNotEnabledForAccountErr ||
       f.js_code == JSNotEnabledErr) {
     return fail(Errc::jetstream_unavailable,
@@ -794,6 +796,9 @@ std::shared_ptr<Backend> make_nats_backend(const ConnectionOptions& options, std
       return set_error(Errc::other,
                        "invalid connection options for " + where + ": " + describe(KvOutcome::other, f));
     }
+    if (std::string rejected; !apply_security(opts.get(), options, &rejected)) {
+      return set_error(Errc::other, "invalid connection options for " + where + ": " + rejected);
+    }
 
     auto core = std::make_shared<Core>();
     core->events = events;
@@ -808,30 +813,11 @@ std::shared_ptr<Backend> make_nats_backend(const ConnectionOptions& options, std
       // releases it without closing it).
       core->nc = nullptr;
       events->release_self();
-      Errc errc = Errc::other;
-      std::string hint;
-      switch (s) {
-        case NATS_NO_SERVER:
-        case NATS_IO_ERROR:
-          errc = Errc::disconnected;
-          hint = " (is nats-server running there and reachable?)";
-          break;
-        case NATS_TIMEOUT:
-          errc = Errc::timeout;
-          hint =
-              " (no answer within connect_timeout " + std::to_string(options.connect_timeout.count()) + "ms)";
-          break;
-        case NATS_CONNECTION_AUTH_FAILED:
-        case NATS_NOT_PERMITTED:
-          errc = Errc::permission_denied;
-          hint = " (check the credentials)";
-          break;
-        default:
-          break;
-      }
+      const ConnectFailure why = explain_connect_failure(s, f.text, options);
       const std::string status_text = natsStatus_GetText(f.status);
       const std::string detail = f.text.empty() || f.text == status_text ? "" : " (" + f.text + ")";
-      return set_error(errc, "cannot connect to NATS at " + where + ": " + status_text + detail + hint);
+      return set_error(why.errc,
+                       "cannot connect to NATS at " + where + ": " + status_text + detail + why.hint);
     }
 
     jsOptions jo;

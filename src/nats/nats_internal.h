@@ -14,11 +14,13 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <vector>
 
 #include "kv.h"
+#include "leader/connection.h"
 #include "leader/types.h"
 
 namespace leader::detail::nats {
@@ -83,6 +85,30 @@ KvOutcome classify(const Failure& failure, natsConnStatus conn) noexcept;
 
 /// "<outcome> (<status text>, jsErrCode N: <last error>)".
 std::string describe(KvOutcome outcome, const Failure& failure);
+
+/// The server reports a permission violation asynchronously (-ERR), and the
+/// request then waits for an answer that never comes. A timeout is returned
+/// as NATS_NOT_PERMITTED with the server's text (which classify() maps to
+/// permission_denied) when the connection's last error is a violation on
+/// what the call sent: for `op` "get" $JS.API.STREAM.MSG.GET.<stream>, for
+/// "watch" a $JS.API.CONSUMER subject of <stream>, for "open" a
+/// $JS.API.STREAM subject of <stream>, for any other op (a publish)
+/// `subject`; or on the subscription of a reply inbox. The client keeps
+/// only its last error, so a later timeout of a call refused before still
+/// reads as refused. (nats_options.cpp)
+Failure with_permission_violation(Failure failure, natsConnection* nc, std::string_view op,
+                                  const std::string& subject, const std::string& stream);
+
+/// Why natsConnection_Connect failed: the error class (permission_denied
+/// for refused credentials and failed TLS handshakes) and a hint for a
+/// person, " (...)", naming the options to check, never their values.
+/// `text` is the client's last error. (nats_options.cpp)
+struct ConnectFailure {
+  Errc errc = Errc::other;
+  std::string hint;
+};
+ConnectFailure explain_connect_failure(natsStatus status, const std::string& text,
+                                       const ConnectionOptions& options);
 
 /// Milliseconds left until `deadline`, rounded up; 0 when it has passed.
 std::int64_t ms_left(std::chrono::steady_clock::time_point deadline) noexcept;

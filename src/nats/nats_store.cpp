@@ -195,7 +195,8 @@ class NatsKvStore final : public KvStore {
     return r;
   }
 
-  KvResult failed(const char* op, const std::string& key, const Failure& f) const {
+  KvResult failed(const char* op, const std::string& key, const Failure& failure) const {
+    const Failure f = with_permission_violation(failure, core_->nc, op, subject(key), stream_);
     const auto outcome = classify(f, natsConnection_Status(core_->nc));
     return failed(op, key, outcome == KvOutcome::ok ? KvOutcome::other : outcome, describe(outcome, f));
   }

@@ -18,7 +18,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <map>
 #include <optional>
 #include <string>
@@ -29,8 +28,11 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "leader/connection_flags.h"
+#include "leader/error.h"
 #include "leader/fencing.h"
 
+#include "nats/nats_internal.h"
 #include "record.h"
 #include "redact.h"
 
@@ -73,19 +75,14 @@ Usage:
   leaderctl help [COMMAND]                    this text, or a command's
 
 Options:
-  --nats-url URL     server URL(s), comma-separated (env NATS_URL; default nats://127.0.0.1:4222)
   --bucket NAME      KV bucket (default: leaders)
   --json             machine-readable output (one JSON document; watch: one object per line)
-  --user USER        user name (env NATS_USER)
-  --password PASS    password (env NATS_PASSWORD)
-  --token TOKEN      authentication token (env NATS_TOKEN)
-  --creds FILE       user credentials file, JWT + seed (env NATS_CREDS)
-  --nkey FILE        NKey file: the user seed (SU...) and its public key (U...), one per line
-  --tls-ca FILE      CA certificates to trust (enables TLS)
-  --tls-cert FILE    client certificate (with --tls-key; enables TLS)
-  --tls-key FILE     client private key
   -h, --help         help (after a command: that command's help)
 
+Connection (server, credentials and TLS):
+)TXT";
+
+constexpr const char* kUsageTail = R"TXT(
 Exit codes:
   0  ok
   1  generic failure
@@ -96,7 +93,8 @@ Exit codes:
   6  token mismatch (validate)
   7  conflict (resign raced with a change of leader, or the role is not in --term N)
 
-Secrets are never printed: URLs in messages have their credentials replaced by ***.
+Secrets are never printed: passwords and tokens in messages, and credentials in URLs, are
+replaced by ***.
 )TXT";
 
 constexpr const char* kListHelp = R"TXT(leaderctl list [--bucket B] [--json]
@@ -144,7 +142,22 @@ const char* help_for(const std::string& command) {
   if (command == "watch") return kWatchHelp;
   if (command == "resign") return kResignHelp;
   if (command == "validate") return kValidateHelp;
-  return kUsageText;
+  return nullptr;
+}
+
+/// The whole usage text: ours around the shared connection flags.
+void print_usage(std::FILE* out) {
+  std::fputs(kUsageText, out);
+  std::fputs(leader::connection_flags_help(), out);
+  std::fputs(kUsageTail, out);
+}
+
+void print_help(const std::string& command) {
+  if (const char* text = help_for(command)) {
+    std::fputs(text, stdout);
+  } else {
+    print_usage(stdout);
+  }
 }
 
 struct Options {
@@ -157,14 +170,9 @@ struct Options {
   bool force = false;
   bool all = false;
   std::optional<long long> count;
-  std::optional<std::uint64_t> term;  // resign --term
-  std::string user, password, token, creds, nkey, tls_ca, tls_cert, tls_key;
+  std::optional<std::uint64_t> term;     // resign --term
+  leader::ConnectionOptions connection;  // --nats-url, credentials, TLS (connection_flags.h)
 };
-
-std::string env_or(const char* name, std::string fallback) {
-  const char* v = std::getenv(name);
-  return v != nullptr && v[0] != '\0' ? std::string(v) : fallback;
-}
 
 bool valid_bucket(const std::string& b) {
   return !b.empty() && std::all_of(b.begin(), b.end(), [](unsigned char c) {
@@ -181,17 +189,13 @@ bool valid_key(const std::string& k) {
 
 Options parse_args(int argc, char** argv) {
   Options o;
-  o.url = env_or("NATS_URL", "nats://127.0.0.1:4222");
-  o.user = env_or("NATS_USER", "");
-  o.password = env_or("NATS_PASSWORD", "");
-  o.token = env_or("NATS_TOKEN", "");
-  o.creds = env_or("NATS_CREDS", "");
-  const std::map<std::string, std::string*> valued = {
-      {"--nats-url", &o.url},      {"--bucket", &o.bucket}, {"--user", &o.user},
-      {"--password", &o.password}, {"--token", &o.token},   {"--creds", &o.creds},
-      {"--nkey", &o.nkey},         {"--tls-ca", &o.tls_ca}, {"--tls-cert", &o.tls_cert},
-      {"--tls-key", &o.tls_key},
-  };
+  try {
+    o.connection = leader::consume_connection_flags(argc, argv);
+  } catch (const leader::ConfigError& e) {
+    fail(kUsage, e.what());
+  }
+  o.connection.name = "leaderctl";
+  const std::map<std::string, std::string*> valued = {{"--bucket", &o.bucket}};
   std::vector<std::string> positional;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
@@ -326,9 +330,9 @@ RoleState state_of(const std::string& role, bool deleted, std::uint64_t revision
 class Ctl {
  public:
   explicit Ctl(const Options& o) : o_(o) {
-    scrub_.secrets = {o.password, o.token};
+    scrub_.secrets = {o.connection.password, o.connection.token};
     // The raw URL (it may carry credentials) and its userinfo parts.
-    for (std::string_view rest = o.url; !rest.empty();) {
+    for (std::string_view rest = o.connection.url; !rest.empty();) {
       const auto comma = rest.find(',');
       std::string one(rest.substr(0, comma));
       const auto scheme = one.find("://");
@@ -367,8 +371,8 @@ class Ctl {
       step = what;
       s = call();
     };
-    set("url", [&] { return natsOptions_SetURL(opts, o_.url.c_str()); });
-    set("name", [&] { return natsOptions_SetName(opts, "leaderctl"); });
+    set("url", [&] { return natsOptions_SetURL(opts, o_.connection.url.c_str()); });
+    set("name", [&] { return natsOptions_SetName(opts, o_.connection.name.c_str()); });
     set("timeout", [&] { return natsOptions_SetTimeout(opts, 2000); });
     if (keep_reconnecting) {
       set("reconnect", [&] { return natsOptions_SetMaxReconnect(opts, -1); });
@@ -376,41 +380,27 @@ class Ctl {
     } else {
       set("reconnect", [&] { return natsOptions_SetAllowReconnect(opts, false); });
     }
-    if (!o_.user.empty()) {
-      set("user", [&] { return natsOptions_SetUserInfo(opts, o_.user.c_str(), o_.password.c_str()); });
-    }
-    if (!o_.token.empty()) set("token", [&] { return natsOptions_SetToken(opts, o_.token.c_str()); });
-    if (!o_.creds.empty()) {
-      set("--creds",
-          [&] { return natsOptions_SetUserCredentialsFromFiles(opts, o_.creds.c_str(), nullptr); });
-    }
-    if (!o_.nkey.empty()) {
-      const std::string pub = nkey_public(o_.nkey);
-      set("--nkey", [&] { return natsOptions_SetNKeyFromSeed(opts, pub.c_str(), o_.nkey.c_str()); });
-    }
-    const bool tls = !o_.tls_ca.empty() || !o_.tls_cert.empty() || !o_.tls_key.empty();
-    if (tls) set("tls", [&] { return natsOptions_SetSecure(opts, true); });
-    if (!o_.tls_ca.empty()) {
-      set("--tls-ca", [&] { return natsOptions_LoadCATrustedCertificates(opts, o_.tls_ca.c_str()); });
-    }
-    if (!o_.tls_cert.empty() || !o_.tls_key.empty()) {
-      if (o_.tls_cert.empty() || o_.tls_key.empty()) {
-        natsOptions_Destroy(opts);
-        fail(kUsage, "--tls-cert and --tls-key go together");
-      }
-      set("--tls-cert/--tls-key",
-          [&] { return natsOptions_LoadCertificatesChain(opts, o_.tls_cert.c_str(), o_.tls_key.c_str()); });
-    }
     if (s != NATS_OK) {
       const std::string error = nats_error("connection option " + step, s);
       natsOptions_Destroy(opts);
       fail(kFailure, error);
     }
+    try {
+      leader::apply_connection_security(opts, o_.connection);
+    } catch (const std::exception& e) {
+      natsOptions_Destroy(opts);
+      fail(kFailure, e.what());
+    }
     s = natsConnection_Connect(&nc_, opts);
     natsOptions_Destroy(opts);
     if (s != NATS_OK) {
       nc_ = nullptr;
-      fail(kNoServer, nats_error("cannot connect to " + leader::detail::redact_url(o_.url), s));
+      natsStatus last = NATS_OK;
+      const char* text = nats_GetLastError(&last);
+      const auto why =
+          leader::detail::nats::explain_connect_failure(s, text != nullptr ? text : "", o_.connection);
+      fail(kNoServer,
+           nats_error("cannot connect to " + leader::detail::redact_url(o_.connection.url), s) + why.hint);
     }
     jsOptions jo;
     jsOptions_Init(&jo);
@@ -512,20 +502,6 @@ class Ctl {
  private:
   /// The public key for --nkey: a "U..." line of the file (nats.c needs it
   /// next to the seed and cannot derive it).
-  static std::string nkey_public(const std::string& file) {
-    std::ifstream in(file);
-    if (!in) fail(kUsage, "--nkey: cannot read " + file);
-    std::string line;
-    while (std::getline(in, line)) {
-      line.erase(
-          std::remove_if(line.begin(), line.end(), [](unsigned char c) { return std::isspace(c) != 0; }),
-          line.end());
-      if (line.size() == 56 && line[0] == 'U') return line;
-    }
-    fail(kUsage,
-         "--nkey: " + file + " holds no user public key (a line \"U...\"; nats.c needs it with the seed)");
-  }
-
   const Options& o_;
   Scrubber scrub_;
   natsConnection* nc_ = nullptr;
@@ -894,22 +870,27 @@ void check_usage(const Options& o) {
   if (want > 0 && !valid_key(o.args[0])) fail(kUsage, "invalid role \"" + o.args[0] + "\"");
   if (o.command == "validate") parse_token(o.args[1]);
   if (o.command == "resign" && !o.force) fail(kUsage, kResignRefusal);
+  try {
+    o.connection.validate();
+  } catch (const leader::ConfigError& e) {
+    fail(kUsage, e.what());
+  }
 }
 
 int run(const Options& o) {
   if (o.command.empty() || o.command == "help") {
     if (o.command.empty() && !o.help) {
-      std::fputs(kUsageText, stderr);
+      print_usage(stderr);
       return kUsage;
     }
-    std::fputs(help_for(o.args.empty() ? "" : o.args[0]), stdout);
+    print_help(o.args.empty() ? "" : o.args[0]);
     return kOk;
   }
   if (o.command != "list" && o.command != "watch" && o.command != "resign" && o.command != "validate") {
     fail(kUsage, "unknown command \"" + o.command + "\" (see leaderctl --help)");
   }
   if (o.help) {
-    std::fputs(help_for(o.command), stdout);
+    print_help(o.command);
     return kOk;
   }
   check_usage(o);
