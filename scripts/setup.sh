@@ -9,7 +9,7 @@ packages=(
   libnats-dev nats-server prometheus-cpp-dev
   libfmt-dev libspdlog-dev nlohmann-json3-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  clang-format clang-tidy
+  clang-format clang-tidy clang-14 libclang-rt-14-dev
   curl procps iproute2
 )
 
