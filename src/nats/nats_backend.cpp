@@ -675,36 +675,30 @@ OpenResult NatsBackend::open_bucket(const BucketSpec& spec, Duration timeout) {
                       to_string(gate) + ")");
     }
 
+    // In a cluster, requests about a stream that is being created (by
+    // another candidate starting at the same moment) or that is electing
+    // its leader can go unanswered: seen with three candidates starting
+    // together on an R3 bucket, where one waited out its whole
+    // start_timeout on a single stream info or create. So every request is
+    // bounded by an attempt, and one that timed out is tried again while
+    // the deadline allows.
+    constexpr std::int64_t kAttemptMs = 2000;
+    auto attempt_ms = [&] { return std::max<std::int64_t>(1, std::min(kAttemptMs, ms_left(deadline))); };
+    auto retry = [&](const Failure& f) { return f.status == NATS_TIMEOUT && ms_left(deadline) > 0; };
     auto read_info = [&](StreamInfoPtr* out) {
-      jsOptions jo;
-      jsOptions_Init(&jo);
-      jo.Wait = std::max<std::int64_t>(1, ms_left(deadline));
-      jsStreamInfo* si = nullptr;
-      jsErrCode jerr = static_cast<jsErrCode>(0);
-      natsStatus s = js_GetStreamInfo(&si, core_->js, stream.c_str(), &jo, &jerr);
-      out->reset(si);
-      return capture(s, static_cast<int>(jerr));
+      Failure f;
+      do {
+        jsOptions jo;
+        jsOptions_Init(&jo);
+        jo.Wait = attempt_ms();
+        jsStreamInfo* si = nullptr;
+        jsErrCode jerr = static_cast<jsErrCode>(0);
+        natsStatus s = js_GetStreamInfo(&si, core_->js, stream.c_str(), &jo, &jerr);
+        out->reset(si);
+        f = capture(s, static_cast<int>(jerr));
+      } while (retry(f));
+      return f;
     };
-
-    StreamInfoPtr info;
-    Failure f = read_info(&info);
-    if (f.status == NATS_OK && info) return check_existing(spec, *info);
-    if (f.status != NATS_NOT_FOUND && f.js_code != JSStreamNotFoundErr) {
-      return fail_call(spec, "reading the configuration", f);
-    }
-    if (ms_left(deadline) == 0) {
-      return fail(Errc::timeout, "creating bucket \"" + spec.name + "\": no time left");
-    }
-
-    // Missing: create it. js_CreateKeyValue waits as long as its context
-    // says, so it gets a context of its own bounded by the deadline.
-    jsOptions jo;
-    jsOptions_Init(&jo);
-    jo.Wait = std::max<std::int64_t>(1, ms_left(deadline));
-    jsCtx* raw_js = nullptr;
-    natsStatus s = natsConnection_JetStream(&raw_js, core_->nc, &jo);
-    JsCtxPtr js(raw_js);
-    if (s != NATS_OK) return fail_call(spec, "creating a JetStream context for", capture(s));
 
     kvConfig cfg;
     kvConfig_Init(&cfg);
@@ -713,25 +707,49 @@ OpenResult NatsBackend::open_bucket(const BucketSpec& spec, Duration timeout) {
     cfg.TTL = spec.ttl.count();
     cfg.StorageType = spec.storage == Storage::memory ? js_MemoryStorage : js_FileStorage;
     cfg.Replicas = spec.replicas;
-    kvStore* raw_kv = nullptr;
-    s = js_CreateKeyValue(&raw_kv, js.get(), &cfg);
-    KvStorePtr kv(raw_kv);
-    if (s == NATS_OK) {
-      // The stream's creation time is the fencing epoch: read it back.
+
+    for (;;) {
+      StreamInfoPtr info;
+      Failure f = read_info(&info);
+      if (f.status == NATS_OK && info) return check_existing(spec, *info);
+      if (f.status != NATS_NOT_FOUND && f.js_code != JSStreamNotFoundErr) {
+        return fail_call(spec, "reading the configuration", f);
+      }
+      if (ms_left(deadline) == 0) {
+        return fail(Errc::timeout, "creating bucket \"" + spec.name + "\": no time left");
+      }
+
+      // Missing: create it. js_CreateKeyValue waits as long as its context
+      // says: a context of its own, bounded by the attempt. Creating an
+      // existing bucket with the same configuration succeeds.
+      jsOptions jo;
+      jsOptions_Init(&jo);
+      jo.Wait = attempt_ms();
+      jsCtx* raw_js = nullptr;
+      natsStatus s = natsConnection_JetStream(&raw_js, core_->nc, &jo);
+      JsCtxPtr js(raw_js);
+      if (s != NATS_OK) return fail_call(spec, "creating a JetStream context for", capture(s));
+      kvStore* raw_kv = nullptr;
+      s = js_CreateKeyValue(&raw_kv, js.get(), &cfg);
+      KvStorePtr kv(raw_kv);
+      if (s == NATS_OK) {
+        // The stream's creation time is the fencing epoch: read it back.
+        f = read_info(&info);
+        if (f.status == NATS_OK && info) return check_existing(spec, *info);
+        return fail_call(spec, "reading the new bucket's creation time for", f);
+      }
+      const Failure created = capture(s);
+      if (retry(created)) continue;  // look again: it may exist now
+      if (created.status == NATS_NO_RESPONDERS || ms_left(deadline) == 0) {
+        return fail_call(spec, "creating", created);
+      }
+      // Someone else may have created it meanwhile, possibly with another
+      // configuration ("Existing configuration is different"): report what
+      // is there.
       f = read_info(&info);
       if (f.status == NATS_OK && info) return check_existing(spec, *info);
-      return fail_call(spec, "reading the new bucket's creation time for", f);
-    }
-    Failure created = capture(s);
-    if (created.status == NATS_NO_RESPONDERS || created.status == NATS_TIMEOUT || ms_left(deadline) == 0) {
       return fail_call(spec, "creating", created);
     }
-    // Someone else may have created it meanwhile, possibly with another
-    // configuration ("Existing configuration is different"): report what is
-    // there.
-    f = read_info(&info);
-    if (f.status == NATS_OK && info) return check_existing(spec, *info);
-    return fail_call(spec, "creating", created);
   } catch (const std::exception& e) {
     return fail(Errc::other, "opening bucket \"" + spec.name + "\": " + e.what());
   } catch (...) {
