@@ -288,7 +288,7 @@ for label in unit integration chaos; do
     skip_phase "$label" "no tests labelled chaos"
   else
     extra=()
-    [[ "$label" == integration ]] && extra=(--repeat until-pass:2)
+    [[ "$label" == integration || "$label" == chaos ]] && extra=(--repeat until-pass:2)
     run_phase "$label" phase_tests "$label" "${per_test_timeout[$label]}" "${total_timeout[$label]}" \
       "${label_jobs[$label]}" "${extra[@]}"
   fi
