@@ -302,9 +302,9 @@ class ElectionCore {
   std::uint64_t epoch_ = 0;
   bool refresh_pending_ = false;
   std::optional<PendingPromotion> pending_promotion_;
-  // Replicated buckets (nats-server issue 8469: the expected-last-sequence
-  // check is not authoritative across a stream-leader change, so two
-  // creates of one key can both be acknowledged): a won create leads only
+  // Replicated buckets (nats-server issue 4320: the expected-last-subject-
+  // sequence check is a pre-check outside Raft, so two creates of one key
+  // can both be acknowledged, more so around a stream-leader change): a won create leads only
   // once a leader-routed read shows it as the key's latest message.
   std::optional<Confirming> confirming_;
 

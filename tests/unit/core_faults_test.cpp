@@ -167,7 +167,7 @@ TEST(ReplicatedBucket, AnAcknowledgedCreateLeadsOnlyOnceTheStreamLeaderShowsIt) 
 }
 
 TEST(ReplicatedBucket, AnAcknowledgedCreateThatIsNotTheLatestDoesNotLead) {
-  // nats-server issue 8469: around a stream-leader change two creates of one
+  // nats-server issue 4320: around a stream-leader change two creates of one
   // key were both acknowledged (terms 18 and 19 for two candidates).
   Driven d(replicated());
   won_create(d, 18);
