@@ -244,6 +244,11 @@ TEST_F(RoleManagerTest, EveryRoleHasExactlyOneLeaderAcrossManagers) {
     for (const auto& [r, n] : leaders_per_role({&a, &b}, roles)) {
       if (n != 1) return false;
     }
+    // A loser learns the winner's name from the read its conflict sends
+    // (or the watch), a moment after the winner promoted: wait for it too.
+    for (const auto& s : a.status()) {
+      if (!s.leader_id) return false;
+    }
     return true;
   }));
   EXPECT_EQ(a.leading().size() + b.leading().size(), roles.size());
