@@ -8,8 +8,10 @@
 # Environment:
 #   BUILD_DIR              build tree (default: build, relative to the repo root)
 #   LEADER_SANITIZE        passed to CMake: "" (default), "address;undefined", "thread"
+#   LEADER_CMAKE_ARGS      more CMake arguments, split on spaces (default: build the
+#                          benchmarks, -DLEADER_BUILD_BENCHMARKS=ON)
 #   LEADER_TEST_LABELS     regex of CTest labels to run (default: all of unit,
-#                          integration, chaos), e.g. "unit" or "unit|integration"
+#                          integration, chaos, bench), e.g. "unit" or "unit|integration"
 #   LEADER_SKIP_CONSUMER=1 skip the install + consumer check
 #   LEADER_TEST_JOBS       parallel tests per label (default: unit nproc,
 #                          integration 1, chaos 1)
@@ -106,7 +108,9 @@ phase_setup() {
 }
 
 phase_configure() {
-  cmake -S "$repo" -B "$build_dir" -DLEADER_WARNINGS_AS_ERRORS=ON "-DLEADER_SANITIZE=$sanitize"
+  local extra=()
+  read -r -a extra <<<"${LEADER_CMAKE_ARGS--DLEADER_BUILD_BENCHMARKS=ON}"
+  cmake -S "$repo" -B "$build_dir" -DLEADER_WARNINGS_AS_ERRORS=ON "-DLEADER_SANITIZE=$sanitize" "${extra[@]}"
 }
 
 phase_build() {
@@ -260,11 +264,12 @@ fi
 
 run_phase format phase_format
 
-declare -A per_test_timeout=([unit]=60 [integration]=300 [chaos]=600)
+declare -A per_test_timeout=([unit]=60 [integration]=300 [chaos]=600 [bench]=120)
 declare -A total_timeout=(
   [unit]=${LEADER_TIMEOUT_UNIT:-600}
   [integration]=${LEADER_TIMEOUT_INTEGRATION:-1800}
   [chaos]=${LEADER_TIMEOUT_CHAOS:-1800}
+  [bench]=300
 )
 # Integration tests run one at a time: several real servers and candidate
 # processes at once on a 2-core machine stretch millisecond handovers into
@@ -277,15 +282,16 @@ declare -A label_jobs=(
   [unit]=${LEADER_TEST_JOBS:-$jobs}
   [integration]=${LEADER_TEST_JOBS:-$integration_jobs}
   [chaos]=${LEADER_TEST_JOBS:-1}
+  [bench]=1
 )
 
-for label in unit integration chaos; do
+for label in unit integration chaos bench; do
   if ! label_selected "$label"; then
     skip_phase "$label" "not in LEADER_TEST_LABELS=$label_regex"
   elif ((!built)); then
     skip_phase "$label" "build failed"
-  elif [[ "$label" == chaos && "$(count_tests chaos)" == 0 ]]; then
-    skip_phase "$label" "no tests labelled chaos"
+  elif [[ ( "$label" == chaos || "$label" == bench ) && "$(count_tests "$label")" == 0 ]]; then
+    skip_phase "$label" "no tests labelled $label"
   else
     extra=()
     [[ "$label" == integration || "$label" == chaos ]] && extra=(--repeat until-pass:2)
