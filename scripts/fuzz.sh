@@ -26,6 +26,9 @@ unit_timeout=${FUZZ_UNIT_TIMEOUT:-10}
 cxx=${CLANG_CXX:-clang++-14}
 cc=${CLANG_CC:-clang-14}
 
+if ! command -v "$cxx" >/dev/null 2>&1 || ! command -v "$cc" >/dev/null 2>&1; then
+  bash "$repo/scripts/setup.sh" || exit 1  # installs clang-14 and libclang-rt-14-dev
+fi
 for tool in "$cxx" "$cc"; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     echo "fuzz.sh: $tool not found (scripts/setup.sh installs clang-14 and libclang-rt-14-dev)" >&2
