@@ -306,7 +306,8 @@ struct Checker {
 std::string stats_text(const std::vector<double>& values) {
   if (values.empty()) return "-";
   char buf[64];
-  std::snprintf(buf, sizeof(buf), "%.0f / %.0f (n=%zu)", quantile(values, 0.5),
+  std::snprintf(buf, sizeof(buf), "%.0f / %.0f / %.0f / %.0f (n=%zu)",
+                *std::min_element(values.begin(), values.end()), quantile(values, 0.5), quantile(values, 0.9),
                 *std::max_element(values.begin(), values.end()), values.size());
   return buf;
 }
@@ -336,12 +337,12 @@ std::string CheckReport::summary() const {
                 finished ? "finished" : "not finished", count("overlap"), violations.size());
   out += buf;
   if (!by_kind.empty()) {
-    std::snprintf(buf, sizeof(buf), "  %-36s %6s %-28s %5s %-28s\n", "kind", "faults",
-                  "takeover ms p50 / max", "heals", "heal->leader ms p50 / max");
+    std::snprintf(buf, sizeof(buf), "  %-36s %6s %-34s %5s %-34s\n", "kind", "faults",
+                  "takeover ms min/p50/p90/max", "heals", "heal->leader ms min/p50/p90/max");
     out += buf;
   }
   for (const auto& [kind, s] : by_kind) {
-    std::snprintf(buf, sizeof(buf), "  %-36s %6zu %-28s %5zu %-28s\n", kind.c_str(), s.faults,
+    std::snprintf(buf, sizeof(buf), "  %-36s %6zu %-34s %5zu %-34s\n", kind.c_str(), s.faults,
                   stats_text(s.takeover_ms).c_str(), s.heals, stats_text(s.heal_to_leader_ms).c_str());
     out += buf;
   }
