@@ -44,8 +44,9 @@ bool ascii_alnum(unsigned char c) {
 // a - b, saturated: resolved() runs before validate() has checked a range.
 milliseconds minus(milliseconds a, milliseconds b) {
   milliseconds::rep out = 0;
-  if (__builtin_sub_overflow(a.count(), b.count(), &out))
+  if (__builtin_sub_overflow(a.count(), b.count(), &out)) {
     return b.count() < 0 ? milliseconds::max() : milliseconds::min();
+  }
   return milliseconds(out);
 }
 
