@@ -27,6 +27,7 @@
 #include "nats/nats_internal.h"
 #include "support/integration_helpers.h"
 #include "support/nats_server.h"
+#include "support/tcp_proxy.h"
 #include "support/wait.h"
 
 namespace {
@@ -681,6 +682,53 @@ TEST(NatsBackendTest, ServerWithoutJetStreamIsJetstreamUnavailable) {
             std::string::npos)
       << r.message;
   EXPECT_NE(r.message.find("-js"), std::string::npos) << r.message;
+}
+
+// Found by the chaos cluster test: a stream-info or create request that
+// the cluster never answered (another candidate was creating the stream)
+// used to take the whole open timeout with it. A proxy drops exactly that
+// request on a connection that stays up; the open must try again within
+// its timeout (attempts of at most 2 s) and succeed.
+void expect_open_survives_one_unanswered(const std::string& subject_prefix, bool create_first) {
+  NatsServer server;
+  const std::string bucket = "unanswered";
+  if (create_first) {
+    std::error_code ec;
+    std::string message;
+    auto direct = leader::detail::make_nats_backend(options_for(server.url()), &ec, &message);
+    ASSERT_NE(direct, nullptr) << message;
+    BucketSpec spec;
+    spec.name = bucket;
+    spec.ttl = 10s;
+    auto r = direct->open_bucket(spec, 5s);
+    ASSERT_NE(r.store, nullptr) << r.message;
+  }
+  leader::testing::TcpProxy proxy(server.port());
+  proxy.drop_publishes(subject_prefix + "KV_" + bucket, 1);
+  std::error_code ec;
+  std::string message;
+  auto backend = leader::detail::make_nats_backend(options_for(proxy.url()), &ec, &message);
+  ASSERT_NE(backend, nullptr) << message;
+  BucketSpec spec;
+  spec.name = bucket;
+  spec.ttl = 10s;
+  constexpr auto kTimeout = 8s;
+  const auto start = Clock::now();
+  auto r = backend->open_bucket(spec, kTimeout);
+  const auto took = Clock::now() - start;
+  EXPECT_NE(r.store, nullptr) << r.error.message() << ": " << r.message;
+  EXPECT_EQ(proxy.dropped_publishes(), 1u) << "the request was not dropped: the test tests nothing";
+  // One attempt (2 s) lost, then answered at once; far less than the timeout.
+  EXPECT_GE(took, 1900ms);
+  EXPECT_LT(took, kTimeout - 2s) << "the unanswered request took the whole open timeout";
+}
+
+TEST(NatsBackendTest, AnUnansweredStreamInfoRequestIsTriedAgainWithinTheOpenTimeout) {
+  expect_open_survives_one_unanswered("$JS.API.STREAM.INFO.", /*create_first=*/true);
+}
+
+TEST(NatsBackendTest, AnUnansweredStreamCreateRequestIsTriedAgainWithinTheOpenTimeout) {
+  expect_open_survives_one_unanswered("$JS.API.STREAM.CREATE.", /*create_first=*/false);
 }
 
 TEST(NatsBackendTest, ConnectWithoutServerFailsNamingTheUrl) {

@@ -12,6 +12,7 @@
 #include <list>
 #include <string>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 namespace leader::testing {
@@ -56,6 +57,8 @@ struct Link {
   std::string to_upstream;
   std::string to_client;
   bool dead = false;
+  bool parse = false;       // client bytes go through forward_ops()
+  std::string from_client;  // parse: the start of an operation not complete yet
 
   void close_both(bool with_reset) {
     if (with_reset) {
@@ -85,6 +88,42 @@ bool read_into(int from, std::string& buffer, bool& error) {
     error = n < 0;
     return false;
   }
+}
+
+/// Moves the complete NATS client operations at the front of `in` to `out`,
+/// except the PUB / HPUB ones `drop(subject)` says to drop; an incomplete
+/// one stays in `in`. An operation is a line ending in CRLF, and for PUB
+/// and HPUB also the payload whose size ends that line, and its CRLF.
+template <typename Drop>
+void forward_ops(std::string& in, std::string& out, Drop&& drop) {
+  std::size_t pos = 0;
+  for (;;) {
+    const std::size_t eol = in.find("\r\n", pos);
+    if (eol == std::string::npos) break;
+    std::vector<std::string> words;
+    std::size_t i = pos;
+    while (i < eol) {
+      while (i < eol && (in[i] == ' ' || in[i] == '\t')) ++i;
+      const std::size_t start = i;
+      while (i < eol && in[i] != ' ' && in[i] != '\t') ++i;
+      if (i > start) words.emplace_back(in, start, i - start);
+    }
+    std::string op = words.empty() ? std::string() : words[0];
+    for (char& c : op) c = static_cast<char>(c >= 'a' && c <= 'z' ? c - 'a' + 'A' : c);
+    std::size_t end = eol + 2;
+    bool dropped = false;
+    const std::string& last = words.empty() ? op : words.back();
+    const bool sized =
+        !last.empty() && last.size() <= 9 && last.find_first_not_of("0123456789") == std::string::npos;
+    if ((op == "PUB" || op == "HPUB") && words.size() >= 3 && sized) {
+      end += std::stoul(last) + 2;
+      if (in.size() < end) break;  // the payload is not all here yet
+      dropped = drop(words[1]);
+    }
+    if (!dropped) out.append(in, pos, end - pos);
+    pos = end;
+  }
+  in.erase(0, pos);
 }
 
 /// Writes what it can of `buffer` to `to`; false on error.
@@ -164,6 +203,13 @@ void TcpProxy::wake() {
   [[maybe_unused]] const ssize_t n = ::write(wake_fds_[1], &c, 1);
 }
 
+void TcpProxy::drop_publishes(std::string prefix, int count) {
+  std::lock_guard<std::mutex> lock(mu_);
+  drop_prefix_ = std::move(prefix);
+  drop_budget_ = count;
+  parse_new_ = true;
+}
+
 void TcpProxy::set_mode(Mode mode) {
   std::unique_lock<std::mutex> lock(mu_);
   mode_ = mode;
@@ -222,7 +268,12 @@ void TcpProxy::run() {
           reset(client);  // as the server would refuse it
           continue;
         }
-        links.push_back(Link{client, upstream, {}, {}, false});
+        Link link{client, upstream, {}, {}, false, false, {}};
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          link.parse = parse_new_;
+        }
+        links.push_back(std::move(link));
       }
     }
     for (std::size_t k = 0; k < polled.size(); ++k) {
@@ -231,7 +282,18 @@ void TcpProxy::run() {
       const short upstream_ev = fds[3 + 2 * k].revents;
       bool error = false;
       bool alive = true;
-      if ((client_ev & (POLLIN | POLLHUP | POLLERR)) != 0) alive = read_into(l.client, l.to_upstream, error);
+      if ((client_ev & (POLLIN | POLLHUP | POLLERR)) != 0) {
+        alive = read_into(l.client, l.parse ? l.from_client : l.to_upstream, error);
+        if (l.parse) {
+          forward_ops(l.from_client, l.to_upstream, [this](const std::string& subject) {
+            std::lock_guard<std::mutex> lock(mu_);
+            if (drop_budget_ <= 0 || subject.compare(0, drop_prefix_.size(), drop_prefix_) != 0) return false;
+            --drop_budget_;
+            ++dropped_;
+            return true;
+          });
+        }
+      }
       if (alive && (upstream_ev & (POLLIN | POLLHUP | POLLERR)) != 0) {
         alive = read_into(l.upstream, l.to_client, error);
       }

@@ -52,6 +52,15 @@ class TcpProxy {
   /// Connections accepted so far (those reset by drop included).
   std::uint64_t accepted() const { return accepted_.load(); }
 
+  /// Drops the next `count` PUB / HPUB operations whose subject starts with
+  /// `prefix`, from clients that connect after this call (their bytes are
+  /// then read as the NATS client protocol; earlier connections, and any
+  /// other bytes, pass unparsed): a request the server never sees, so its
+  /// reply never comes, on a connection that stays up.
+  void drop_publishes(std::string prefix, int count);
+  /// PUB / HPUB operations drop_publishes() has dropped so far.
+  std::uint64_t dropped_publishes() const { return dropped_.load(); }
+
  private:
   void run();
   void wake();
@@ -63,7 +72,11 @@ class TcpProxy {
   std::atomic<Mode> mode_{Mode::pass};
   std::atomic<bool> stopping_{false};
   std::atomic<std::uint64_t> accepted_{0};
+  std::atomic<std::uint64_t> dropped_{0};
   std::mutex mu_;
+  std::string drop_prefix_;  // under mu_
+  int drop_budget_ = 0;      // under mu_
+  bool parse_new_ = false;   // under mu_: parse connections accepted from now on
   std::condition_variable applied_cv_;
   std::uint64_t requested_ = 0;  // under mu_
   std::uint64_t applied_ = 0;    // under mu_

@@ -190,6 +190,48 @@ TEST_F(TcpProxyModeTest, DropResetsOpenConnectionsAndRefusesNewOnesUntilHealed) 
   ::close(again);
 }
 
+TEST(TcpProxyTest, DropsTheNextPublishesToASubjectPrefixWholeAndPassesTheRest) {
+  EchoServer echo;
+  TcpProxy proxy(echo.port());
+  const int before = connect_to(proxy.port());  // connected before: not parsed
+  ASSERT_GE(before, 0);
+  ASSERT_TRUE(send_text(before, "a"));  // a round trip: the proxy has accepted it
+  ASSERT_EQ(receive(before, 5s), "a");
+  proxy.drop_publishes("$JS.API.STREAM.INFO.", 2);
+  const int fd = connect_to(proxy.port());
+  ASSERT_GE(fd, 0);
+  // Split across writes, with a payload that holds CRLF and a PUB look-alike.
+  const std::string kept1 = "PUB $JS.API.STREAM.CREATE.KV_b _INBOX.1 5\r\nab\r\nc\r\n";
+  const std::string gone1 = "PUB $JS.API.STREAM.INFO.KV_b _INBOX.2 11\r\nPUB x 1\r\nyy\r\n";
+  const std::string gone2 = "HPUB $JS.API.STREAM.INFO.KV_b _INBOX.3 12 14\r\nNATS/1.0\r\n\r\nhi\r\n";
+  const std::string kept2 = "PING\r\nsub foo 1\r\nPUB $JS.API.STREAM.INFO.KV_b _INBOX.4 0\r\n\r\n";
+  const std::string all = kept1 + gone1 + gone2 + kept2;
+  for (std::size_t i = 0; i < all.size(); i += 7) {
+    ASSERT_TRUE(send_text(fd, all.substr(i, 7)));
+    std::this_thread::sleep_for(1ms);
+  }
+  const std::string want = kept1 + kept2;  // the third INFO is past the budget
+  std::string got;
+  while (got.size() < want.size()) {
+    const auto part = receive(fd, 5s);
+    ASSERT_TRUE(part && !part->empty()) << "got so far: " << got;
+    got += *part;
+  }
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(proxy.dropped_publishes(), 2u);
+  // The earlier connection passes bytes as they are, even a bare word.
+  ASSERT_TRUE(send_text(before, "PUB $JS.API.STREAM.INFO.x 0\r\n\r\nraw"));
+  std::string raw;
+  while (raw.size() < 34) {
+    const auto part = receive(before, 5s);
+    ASSERT_TRUE(part && !part->empty()) << raw;
+    raw += *part;
+  }
+  EXPECT_EQ(raw, "PUB $JS.API.STREAM.INFO.x 0\r\n\r\nraw");
+  ::close(before);
+  ::close(fd);
+}
+
 TEST(TcpProxyTest, AnUpstreamThatIsDownResetsTheClient) {
   int port = 0;
   {
