@@ -130,32 +130,37 @@ leader::ConnectionOptions options_for(const std::string& url) {
   return o;
 }
 
+/// A backend connected to `url`; null (and a failed expectation) if not.
+std::shared_ptr<Backend> connect_backend(const std::string& url) {
+  std::error_code ec;
+  std::string message;
+  auto backend = leader::detail::make_nats_backend(options_for(url), &ec, &message);
+  EXPECT_NE(backend, nullptr) << message;
+  return backend;
+}
+
+BucketSpec spec_of(const std::string& name, std::chrono::milliseconds ttl, Storage storage = Storage::file) {
+  BucketSpec spec;
+  spec.name = name;
+  spec.ttl = ttl;
+  spec.storage = storage;
+  return spec;
+}
+
 class NatsKvTest : public ::testing::Test {
  protected:
   void SetUp() override {
     server_ = std::make_unique<NatsServer>();
-    backend_ = connect(server_->url());
+    backend_ = connect_backend(server_->url());
     ASSERT_NE(backend_, nullptr);
     bucket_ = bucket_for_current_test();
     store_ = open(bucket_, 10s);
     ASSERT_NE(store_, nullptr);
   }
 
-  std::shared_ptr<Backend> connect(const std::string& url) {
-    std::error_code ec;
-    std::string message;
-    auto backend = leader::detail::make_nats_backend(options_for(url), &ec, &message);
-    EXPECT_NE(backend, nullptr) << message;
-    return backend;
-  }
-
   leader::detail::OpenResult open_result(const std::string& name, std::chrono::milliseconds ttl,
                                          Storage storage = Storage::file) {
-    BucketSpec spec;
-    spec.name = name;
-    spec.ttl = ttl;
-    spec.storage = storage;
-    return backend_->open_bucket(spec, 5s);
+    return backend_->open_bucket(spec_of(name, ttl, storage), 5s);
   }
 
   std::shared_ptr<KvStore> open(const std::string& name, std::chrono::milliseconds ttl,
@@ -666,15 +671,10 @@ TEST(NatsBackendTest, ServerWithoutJetStreamIsJetstreamUnavailable) {
   NatsServer::Options o;
   o.jetstream = false;
   NatsServer server(o);
-  std::error_code ec;
-  std::string message;
-  auto backend = leader::detail::make_nats_backend(options_for(server.url()), &ec, &message);
-  ASSERT_NE(backend, nullptr) << message;
-  BucketSpec spec;
-  spec.name = "nojs";
-  spec.ttl = 10s;
+  auto backend = connect_backend(server.url());
+  ASSERT_NE(backend, nullptr);
   const auto start = Clock::now();
-  auto r = backend->open_bucket(spec, 2s);
+  auto r = backend->open_bucket(spec_of("nojs", 10s), 2s);
   EXPECT_LT(Clock::now() - start, 4s);
   EXPECT_EQ(r.store, nullptr);
   EXPECT_EQ(r.error, leader::make_error_code(Errc::jetstream_unavailable)) << r.message;
@@ -693,28 +693,18 @@ void expect_open_survives_one_unanswered(const std::string& subject_prefix, bool
   NatsServer server;
   const std::string bucket = "unanswered";
   if (create_first) {
-    std::error_code ec;
-    std::string message;
-    auto direct = leader::detail::make_nats_backend(options_for(server.url()), &ec, &message);
-    ASSERT_NE(direct, nullptr) << message;
-    BucketSpec spec;
-    spec.name = bucket;
-    spec.ttl = 10s;
-    auto r = direct->open_bucket(spec, 5s);
+    auto direct = connect_backend(server.url());
+    ASSERT_NE(direct, nullptr);
+    auto r = direct->open_bucket(spec_of(bucket, 10s), 5s);
     ASSERT_NE(r.store, nullptr) << r.message;
   }
   leader::testing::TcpProxy proxy(server.port());
   proxy.drop_publishes(subject_prefix + "KV_" + bucket, 1);
-  std::error_code ec;
-  std::string message;
-  auto backend = leader::detail::make_nats_backend(options_for(proxy.url()), &ec, &message);
-  ASSERT_NE(backend, nullptr) << message;
-  BucketSpec spec;
-  spec.name = bucket;
-  spec.ttl = 10s;
+  auto backend = connect_backend(proxy.url());
+  ASSERT_NE(backend, nullptr);
   constexpr auto kTimeout = 8s;
   const auto start = Clock::now();
-  auto r = backend->open_bucket(spec, kTimeout);
+  auto r = backend->open_bucket(spec_of(bucket, 10s), kTimeout);
   const auto took = Clock::now() - start;
   EXPECT_NE(r.store, nullptr) << r.error.message() << ": " << r.message;
   EXPECT_EQ(proxy.dropped_publishes(), 1u) << "the request was not dropped: the test tests nothing";
@@ -764,10 +754,7 @@ TEST_F(NatsKvTest, CallsEndWithinTheirTimeoutWhenServerIsKilled) {
   ASSERT_TRUE(eventually([&] { return backend_->state() != ConnectionState::connected; }, 5s, kWaitPoll));
   auto r = store_->get("role", kTimeout);
   EXPECT_EQ(r.outcome, KvOutcome::disconnected) << r.message;
-  BucketSpec spec;
-  spec.name = bucket_;
-  spec.ttl = 10s;
-  EXPECT_TRUE(backend_->open_bucket(spec, kTimeout).error);
+  EXPECT_TRUE(backend_->open_bucket(spec_of(bucket_, 10s), kTimeout).error);
   Recorder rec;
   KvResult err;
   auto w = store_->watch("role", rec.handler(), &err);
