@@ -3,7 +3,6 @@
 #include <time.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -14,6 +13,7 @@
 #include "leader/config.h"
 #include "leader/error.h"
 #include "support/child_process.h"
+#include "support/history_checker.h"
 
 namespace leader::bench {
 
@@ -210,16 +210,12 @@ Summary summarize(std::vector<double> samples) {
   s.n = samples.size();
   if (samples.empty()) return s;
   std::sort(samples.begin(), samples.end());
-  auto rank = [&](double p) {
-    const auto k = static_cast<std::size_t>(std::ceil(p / 100.0 * static_cast<double>(s.n)));
-    return samples[std::min(s.n, std::max<std::size_t>(k, 1)) - 1];
-  };
   s.min = samples.front();
   s.max = samples.back();
   s.mean = std::accumulate(samples.begin(), samples.end(), 0.0) / static_cast<double>(s.n);
-  s.p50 = rank(50);
-  s.p90 = rank(90);
-  s.p99 = rank(99);
+  s.p50 = testing::quantile(samples, 0.50);  // nearest rank, as the chaos checker's
+  s.p90 = testing::quantile(samples, 0.90);
+  s.p99 = testing::quantile(samples, 0.99);
   return s;
 }
 

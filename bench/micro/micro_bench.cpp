@@ -188,6 +188,14 @@ class CoreDriver {
   }
 
   leader::detail::ElectionCore& core() { return core_; }
+  /// Starts the core and answers what that sends; true when it then is in
+  /// `want`.
+  bool start(TimePoint now, leader::ElectionState want) {
+    core_.start(now);
+    core_.on_tick(now);
+    settle(now);
+    return core_.state() == want;
+  }
   /// Answers the pending actions, and those they cause.
   void settle(TimePoint now) {
     for (auto actions = core_.take_actions(); !actions.empty(); actions = core_.take_actions()) {
@@ -251,10 +259,7 @@ class CoreDriver {
 void BM_CoreLeaderRenewal(benchmark::State& state) {
   CoreDriver d("a");
   TimePoint now{std::chrono::hours(1)};
-  d.core().start(now);
-  d.core().on_tick(now);
-  d.settle(now);
-  if (d.core().state() != leader::ElectionState::leading) {
+  if (!d.start(now, leader::ElectionState::leading)) {
     state.SkipWithError("the core did not lead");
     return;
   }
@@ -272,10 +277,7 @@ void BM_CoreFollowerSeesRenewal(benchmark::State& state) {
   CoreDriver d("b");
   d.set_foreign_holder(true);
   TimePoint now{std::chrono::hours(1)};
-  d.core().start(now);
-  d.core().on_tick(now);
-  d.settle(now);
-  if (d.core().state() != leader::ElectionState::following) {
+  if (!d.start(now, leader::ElectionState::following)) {
     state.SkipWithError("the core did not follow");
     return;
   }
