@@ -104,6 +104,10 @@ std::string encode_record(const Record& r) {
 std::optional<Record> decode_record(const std::string& value) noexcept {
   try {
     if (value.empty() || value.size() > kMaxRecordBytes || !nesting_within(value, 8)) return std::nullopt;
+    // A JSON text never holds a raw NUL (a string escapes it as \u0000), and
+    // nlohmann::json ends its input at one: "{record}\0anything" would parse
+    // as the record alone.
+    if (value.find('\0') != std::string::npos) return std::nullopt;
     const json j = json::parse(value, nullptr, /*allow_exceptions=*/false);
     if (!j.is_object()) return std::nullopt;
     Record r;
